@@ -1,0 +1,218 @@
+"""Start and talk to the vLLM engine actors (coordinator side).
+
+    pool = EnginePool.start(model_path, EngineOptions(device="cpu", num_engines=2))
+    pool.engines[0].perturb(seed=7, sigma=1e-3)
+    pool.shutdown()
+
+CPU: one actor per engine, each bound to its own share of the cores. CUDA: one actor per GPU, placed
+by a Ray placement group (one bundle per GPU, spread over the cluster's nodes). Every call that fails
+because an actor died raises `EngineDiedError` naming the engine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+
+logger = logging.getLogger(__name__)
+
+
+class EngineDiedError(RuntimeError):
+    """An engine actor is gone (killed, crashed, or its node left)."""
+
+
+@dataclasses.dataclass
+class EngineOptions:
+    """How the engines are created; validated before any engine starts."""
+
+    device: str = "cpu"  # "cpu" or "cuda"
+    num_engines: int = 1
+    cuda_devices: list[int] | None = None  # GPU ids, one engine each (device "cuda")
+    dtype: str = "auto"  # model dtype in vLLM; "auto": float32 on CPU, bfloat16 on CUDA
+    master_dtype: str = "float32"  # ES master copy; "model" keeps it in the model dtype (less memory)
+    max_model_len: int = 512
+    max_num_seqs: int = 256
+    gpu_memory_utilization: float = 0.85  # CUDA only; CPU sizes the KV cache from the model
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device {self.device!r}: use 'cpu' or 'cuda'")
+        if self.device == "cuda" and self.cuda_devices:
+            self.num_engines = len(self.cuda_devices)
+        if self.num_engines < 1:
+            raise ValueError(f"num_engines must be >= 1, got {self.num_engines}")
+        if self.device == "cpu":
+            cores = len(os.sched_getaffinity(0))
+            if self.num_engines > cores:
+                raise ValueError(
+                    f"num_engines={self.num_engines} is more than the {cores} CPU cores here; "
+                    f"use --num_engines {cores} or fewer"
+                )
+        if self.master_dtype not in ("float32", "model"):
+            raise ValueError(f"master_dtype {self.master_dtype!r}: use 'float32' or 'model'")
+
+    def model_dtype(self) -> str:
+        if self.dtype != "auto":
+            return self.dtype
+        return "float32" if self.device == "cpu" else "bfloat16"
+
+
+class EngineHandle:
+    """Coordinator-side handle of one engine actor; methods block and return the RPC's result."""
+
+    def __init__(self, index: int, actor, info: dict | None = None):
+        self.index = index
+        self.actor = actor
+        self.info = info or {}
+
+    def __repr__(self):
+        return f"engine {self.index} (pid {self.info.get('pid', '?')})"
+
+    def call(self, method: str, *args):
+        return self.wait(self.submit(method, *args))
+
+    def submit(self, method: str, *args):
+        """Start an actor call; returns an ObjectRef for `wait` (lets the coordinator overlap calls)."""
+        return getattr(self.actor, method).remote(*args)
+
+    def wait(self, ref, timeout: float | None = None):
+        import ray
+
+        try:
+            return ray.get(ref, timeout=timeout)
+        except ray.exceptions.RayActorError as exc:
+            raise EngineDiedError(f"{self} died: {exc.__class__.__name__}: {str(exc).splitlines()[0]}") from exc
+
+    # The ES verbs; arguments are checked here, before any RPC.
+    def perturb(self, seed: int, sigma: float):
+        check_sigma(sigma)
+        return self.call("rpc", "perturb", int(seed), float(sigma))
+
+    def restore(self):
+        return self.call("rpc", "restore")
+
+    def apply_update(self, pairs):
+        return self.call("rpc", "apply_update", [(int(s), float(c)) for s, c in pairs])
+
+    def checksum(self) -> str:
+        return self.call("rpc", "checksum")
+
+    def export(self, path: str, dtype: str | None = None) -> str:
+        return self.call("rpc", "export", str(path), dtype)
+
+    def read_weights(self, names=None):
+        return self.call("rpc", "read_weights", names)
+
+    def master_weights(self, names=None):
+        return self.call("rpc", "master_weights", names)
+
+    def generate(self, prompts, sampling: dict):
+        return self.call("generate", list(prompts), dict(sampling))
+
+
+def check_sigma(sigma) -> None:
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
+        raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
+    """Join `address`, or start a private local Ray bound to 127.0.0.1 with no dashboard."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, _node_ip_address="127.0.0.1", **kwargs)
+
+
+class EnginePool:
+    def __init__(self, engines: list[EngineHandle], placement_group=None):
+        self.engines = engines
+        self.placement_group = placement_group
+
+    @classmethod
+    def start(cls, model_path: str, options: EngineOptions, ray_address: str | None = None) -> "EnginePool":
+        import ray
+
+        from engines.vllm_actor import VLLMEngineActor
+
+        if options.device == "cpu":
+            init_ray(ray_address, num_cpus=max(len(os.sched_getaffinity(0)), options.num_engines))
+        else:
+            init_ray(ray_address, num_gpus=len(options.cuda_devices or []) or None)
+        placement_group = None
+        actor_opts = []
+        if options.device == "cuda":
+            from ray.util.placement_group import placement_group as make_pg
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+            placement_group = make_pg([{"GPU": 1, "CPU": 1}] * options.num_engines, strategy="PACK")
+            ray.get(placement_group.ready())
+            for i in range(options.num_engines):
+                strategy = PlacementGroupSchedulingStrategy(placement_group, placement_group_bundle_index=i)
+                actor_opts.append(dict(num_gpus=1, num_cpus=1, scheduling_strategy=strategy,
+                                       runtime_env={"env_vars": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}}))
+        else:
+            for cores in split_cores(options.num_engines):
+                env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_OMP_THREADS_BIND": cores}
+                actor_opts.append(dict(num_cpus=1, runtime_env={"env_vars": env}))
+        remote_cls = ray.remote(VLLMEngineActor)
+        actors = [
+            remote_cls.options(**opts, name=None).remote(i, model_path, actor_options(model_path, options))
+            for i, opts in enumerate(actor_opts)
+        ]
+        engines = [EngineHandle(i, a) for i, a in enumerate(actors)]
+        for engine in engines:  # start all in parallel, then wait for each
+            engine.info = engine.call("ready")
+            logger.info("engine %d ready in %.1fs: %s", engine.index, engine.info["start_s"], engine.info)
+        return cls(engines, placement_group)
+
+    def shutdown(self) -> None:
+        import ray
+
+        for engine in self.engines:
+            try:
+                ray.kill(engine.actor)
+            except Exception:  # already dead: nothing to stop
+                pass
+        if self.placement_group is not None:
+            ray.util.remove_placement_group(self.placement_group)
+        self.engines = []
+
+
+def split_cores(num_engines: int) -> list[str]:
+    """Give each CPU engine its own contiguous share of this process's cores (e.g. '0', '1')."""
+    cores = sorted(os.sched_getaffinity(0))
+    share = len(cores) // num_engines
+    return [",".join(str(c) for c in cores[i * share : (i + 1) * share]) for i in range(num_engines)]
+
+
+def actor_options(model_path: str, options: EngineOptions) -> dict:
+    """The `LLM(...)` keyword arguments and ES settings one engine actor is created with."""
+    dtype = options.model_dtype()
+    llm_kwargs = dict(dtype=dtype, max_model_len=options.max_model_len, max_num_seqs=options.max_num_seqs,
+                      seed=options.seed, enable_prefix_caching=False)
+    if options.device == "cpu":
+        llm_kwargs.update(enforce_eager=True, gpu_memory_utilization=0.1,
+                          kv_cache_memory_bytes=kv_cache_bytes(model_path, dtype, options))
+    else:
+        llm_kwargs.update(gpu_memory_utilization=options.gpu_memory_utilization)
+    master = dtype if options.master_dtype == "model" else "float32"
+    return {"llm_kwargs": llm_kwargs, "master_dtype": master}
+
+
+def kv_cache_bytes(model_path: str, dtype: str, options: EngineOptions) -> int:
+    """KV cache for max_num_seqs full-length sequences, sized from the model's shape (CPU)."""
+    import json
+
+    cfg = json.loads(open(os.path.join(model_path, "config.json")).read())
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    kv_heads = cfg.get("num_key_value_heads", cfg["num_attention_heads"])
+    per_token = 2 * cfg["num_hidden_layers"] * kv_heads * head_dim * (4 if dtype == "float32" else 2)
+    return max(64 * 2**20, per_token * options.max_model_len * options.max_num_seqs)

@@ -1,0 +1,55 @@
+"""One vLLM `LLM` inside a Ray actor: the process that generates and holds the ES state.
+
+The actor runs vLLM in-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`), so `collective_rpc` reaches the
+worker extension (engines.vllm_worker) directly. `EnginePool` (engines.pool) starts these actors.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+logger = logging.getLogger(__name__)
+
+WORKER_EXTENSION = "engines.vllm_worker.ESWorkerExtension"
+
+
+class VLLMEngineActor:
+    """Wrapped with `ray.remote` by engines.pool; every method is one Ray call."""
+
+    def __init__(self, index: int, model_path: str, options: dict):
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        from vllm import LLM
+
+        started = time.perf_counter()
+        self.index = index
+        llm_kwargs = dict(options.get("llm_kwargs", {}))
+        self.llm = LLM(model=model_path, worker_extension_cls=WORKER_EXTENSION, **llm_kwargs)
+        self.info = self.llm.collective_rpc("es_init", args=(options.get("master_dtype", "float32"),))[0]
+        self.info.update(index=index, pid=os.getpid(), start_s=time.perf_counter() - started,
+                         cpu_bind=os.environ.get("VLLM_CPU_OMP_THREADS_BIND"))
+
+    def ready(self) -> dict:
+        return self.info
+
+    def rpc(self, method: str, *args):
+        return self.llm.collective_rpc(method, args=args)[0]
+
+    def generate(self, prompts: list[str], sampling: dict) -> list[dict]:
+        """Completions of `prompts` with the current weights: text and generated token count."""
+        from vllm import SamplingParams
+
+        outputs = self.llm.generate(prompts, SamplingParams(**sampling), use_tqdm=False)
+        return [{"text": o.outputs[0].text, "tokens": len(o.outputs[0].token_ids)} for o in outputs]
+
+    def rollout(self, seed: int, sigma: float, prompts: list[str], sampling: dict) -> dict:
+        """One population member in one round trip: perturb, generate, restore."""
+        t0 = time.perf_counter()
+        self.rpc("perturb", seed, sigma)
+        t1 = time.perf_counter()
+        completions = self.generate(prompts, sampling)
+        t2 = time.perf_counter()
+        self.rpc("restore")
+        t3 = time.perf_counter()
+        return {"completions": completions, "perturb_s": t1 - t0, "generate_s": t2 - t1, "restore_s": t3 - t2}
