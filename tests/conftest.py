@@ -1,0 +1,35 @@
+"""Shared fixtures: the built tiny model and real vLLM CPU engines in Ray actors."""
+
+import pytest
+
+from esvllm.models import resolve_model
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> str:
+    return resolve_model("tiny")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    from engines.pool import init_ray
+
+    init_ray(num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+def start_pool(model, **options):
+    from engines.pool import EngineOptions, EnginePool
+
+    return EnginePool.start(model, EngineOptions(**options))
+
+
+@pytest.fixture(scope="module")
+def engine_pair(ray_session, tiny_model):
+    """Two fp32 tiny engines, one per core."""
+    pool = start_pool(tiny_model, num_engines=2)
+    yield pool.engines
+    pool.shutdown()

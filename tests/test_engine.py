@@ -1,0 +1,109 @@
+"""The engine verbs on real vLLM CPU engines in Ray actors, checked against independent computations.
+
+Expected weights are computed here from the HF checkpoint on disk and `esvllm.noise`; the engine's
+weights are read back through its own compute kernels (`read_weights`), so vLLM's repacked linear
+layers cannot escape.
+"""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from esvllm.noise import noise
+
+pytestmark = pytest.mark.engine
+
+GREEDY = {"temperature": 0.0, "max_tokens": 24}
+PROMPTS = ["12+7=", "hello world", "Using the numbers [3, 5, 7], create an equation", "abc"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_model):
+    return load_file(f"{tiny_model}/model.safetensors")
+
+
+def texts(engine):
+    return [c["text"] for c in engine.generate(PROMPTS, GREEDY)]
+
+
+def test_the_cpu_backend_really_packs_the_fused_linears(engine_pair):
+    # Guards the trap in VLLM_CPU.md: these weights exist only inside packed kernels.
+    removed = set(engine_pair[0].info["removed"])
+    for layer in range(2):
+        assert f"model.layers.{layer}.self_attn.qkv_proj.weight" in removed
+        assert f"model.layers.{layer}.mlp.gate_up_proj.weight" in removed
+
+
+def test_every_hf_tensor_equals_base_plus_sigma_eps_after_perturb(engine_pair, checkpoint):
+    engine = engine_pair[0]
+    sigma, seed = 0.01, 424242
+    engine.perturb(seed, sigma)
+    try:
+        effective = engine.read_weights()
+    finally:
+        engine.restore()
+    assert set(effective) == set(checkpoint)  # every HF tensor, q/k/v and gate/up included
+    for name, base in checkpoint.items():
+        expected = base + sigma * noise(seed, name, base.shape)
+        # Within one fp32 rounding of the fused multiply-add.
+        torch.testing.assert_close(effective[name], expected, rtol=2e-7, atol=1e-8, msg=lambda m: f"{name}: {m}")
+        moved = (effective[name] != base).float().mean()
+        assert moved > 0.99, f"{name}: only {moved:.1%} of elements moved"
+
+
+def test_perturbing_changes_greedy_generations(engine_pair):
+    engine = engine_pair[0]
+    before = texts(engine)
+    engine.perturb(99, 0.05)
+    try:
+        perturbed = texts(engine)
+    finally:
+        engine.restore()
+    assert perturbed != before
+
+
+def test_restore_is_bit_exact_after_100_perturb_restore_cycles(engine_pair):
+    engine = engine_pair[1]
+    weights_before, text_before = engine.read_weights(), texts(engine)
+    for seed in range(100):
+        engine.perturb(seed, 0.01)
+        engine.restore()
+    weights_after = engine.read_weights()
+    for name in weights_before:
+        assert torch.equal(weights_after[name], weights_before[name]), name
+    assert texts(engine) == text_before
+
+
+def test_apply_update_equals_an_independent_fp32_sum(engine_pair):
+    engine = engine_pair[0]
+    pairs = [(11, 3e-3), (12, -1e-3), (2**31 - 1, 5e-4)]
+    base = engine.master_weights()
+    engine.apply_update(pairs)
+    master, effective = engine.master_weights(), engine.read_weights()
+    for name, b in base.items():
+        expected = b.clone()
+        for seed, coeff in pairs:
+            expected += coeff * noise(seed, name, b.shape)
+        torch.testing.assert_close(master[name], expected, rtol=4e-7, atol=1e-8, msg=lambda m: f"{name}: {m}")
+        assert torch.equal(effective[name], master[name]), name  # fp32 engine runs the master
+    engine_pair[1].apply_update(pairs)  # keep the pair in step for the tests below
+
+
+def test_two_engines_with_the_same_updates_agree_and_an_extra_update_splits_them(engine_pair):
+    a, b = engine_pair
+    for engine in (a, b):
+        engine.apply_update([(5, 1e-3), (6, -2e-3)])
+    assert a.checksum() == b.checksum()
+    a.apply_update([(7, 1e-4)])
+    assert a.checksum() != b.checksum()
+    b.apply_update([(7, 1e-4)])
+    assert a.checksum() == b.checksum()
+
+
+def test_checksum_sees_a_perturbation(engine_pair):
+    engine = engine_pair[0]
+    base = engine.checksum()
+    engine.perturb(3, 0.01)
+    perturbed = engine.checksum()
+    engine.restore()
+    assert perturbed != base and engine.checksum() == base

@@ -1,0 +1,40 @@
+"""Bad input gets a clear error, before any RPC where possible; a dead engine is named."""
+
+import math
+
+import pytest
+
+from engines.pool import EngineDiedError, EngineHandle, EngineOptions, EnginePool
+from esvllm.models import resolve_model
+
+from .conftest import start_pool
+
+
+def test_a_missing_model_path_is_named(tmp_path):
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(FileNotFoundError, match="no-such-model"):
+        resolve_model(str(missing))
+    with pytest.raises(FileNotFoundError, match="no-such-model"):
+        EnginePool.start(str(missing), EngineOptions())  # before Ray or vLLM start
+
+
+@pytest.mark.parametrize("sigma", [0.0, -1e-3, math.nan, math.inf, -math.inf, "0.1", True])
+def test_bad_sigma_raises_before_any_rpc(sigma):
+    # The handle has no actor: reaching an RPC would raise AttributeError, not ValueError.
+    with pytest.raises(ValueError, match="sigma"):
+        EngineHandle(0, actor=None).perturb(1, sigma)
+
+
+def test_more_cpu_engines_than_cores_is_refused():
+    with pytest.raises(ValueError, match="num_engines=64"):
+        EngineOptions(device="cpu", num_engines=64)
+
+
+@pytest.mark.engine
+def test_a_call_to_a_dead_engine_names_it(ray_session, tiny_model):
+    import ray
+
+    engine = start_pool(tiny_model, num_engines=1).engines[0]
+    ray.kill(engine.actor)
+    with pytest.raises(EngineDiedError, match=f"engine 0 \\(pid {engine.info['pid']}\\) died"):
+        engine.checksum()
