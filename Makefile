@@ -28,7 +28,7 @@ test: $(STAMP)
 	$(PY) -m pytest $(if $(HAS_GPU),,-m "not gpu") $(PYTEST_ARGS)
 
 bench-engine: $(STAMP)
-	$(PY) -m esvllm.bench_engine
+	$(PY) -m esvllm.bench_engine --json bench/engine.json
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

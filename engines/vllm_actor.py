@@ -44,15 +44,17 @@ class VLLMEngineActor:
         return [_completion(o.outputs[0]) for o in outputs]
 
     def rollout(self, seed: int, sigma: float, prompts: list[str], sampling: dict) -> dict:
-        """One population member in one round trip: perturb, generate, restore."""
+        """One population member in one round trip: perturb, then generate.
+
+        No restore afterwards: the next perturb (or apply_update) writes every weight from the
+        master anyway, and on CPU each write costs a re-pack of the linear kernels.
+        """
         t0 = time.perf_counter()
         self.rpc("perturb", seed, sigma)
         t1 = time.perf_counter()
         completions = self.generate(prompts, sampling)
         t2 = time.perf_counter()
-        self.rpc("restore")
-        t3 = time.perf_counter()
-        return {"completions": completions, "perturb_s": t1 - t0, "generate_s": t2 - t1, "restore_s": t3 - t2}
+        return {"completions": completions, "perturb_s": t1 - t0, "generate_s": t2 - t1}
 
 
 def _completion(output) -> dict:

@@ -176,12 +176,24 @@ class ESWorkerExtension:
         return value
 
 
+def _return_freed_memory() -> None:
+    """Re-packing frees and reallocates whole kernels; hand the freed pages back so RSS stays flat."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc: nothing to trim
+        pass
+
+
 def _repack(target: Target) -> None:
     if not target.packed_modules:
         return
     from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
 
     for module in target.packed_modules:
+        # Drop the old kernel first, so the new one reuses its memory instead of the heap growing.
+        module.cpu_linear = None
         dispatch_cpu_unquantized_gemm(module, remove_weight=target.removed)
 
 
