@@ -9,6 +9,10 @@ MODEL   ?=
 CUDA_DEVICES ?= 0,1,2,3
 OUTPUT  ?= runs
 
+PORT    ?= 6006
+DATA    ?=
+GPU_FLAGS = --cuda_devices $(CUDA_DEVICES) $(if $(MODEL),--model_name $(MODEL)) $(if $(DATA),--data $(DATA))
+
 .PHONY: install demo test bench-engine tensorboard countdown conciseness clean
 
 install: $(STAMP)
@@ -23,6 +27,18 @@ else
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
 endif
 	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m esvllm.run --experiment demo --output_dir $(OUTPUT)
+
+countdown: $(STAMP)
+	$(PY) -m esvllm.run --experiment countdown --output_dir $(OUTPUT) $(GPU_FLAGS)
+
+conciseness: $(STAMP)
+	$(PY) -m esvllm.run --experiment conciseness --output_dir $(OUTPUT) $(GPU_FLAGS)
+
+tensorboard: $(STAMP)
+	$(VENV)/bin/tensorboard --logdir $(OUTPUT) --host 127.0.0.1 --port $(PORT)
 
 test: $(STAMP)
 	$(PY) -m pytest $(if $(HAS_GPU),,-m "not gpu") $(PYTEST_ARGS)

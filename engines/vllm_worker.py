@@ -49,6 +49,7 @@ class ESWorkerExtension:
         self._by_hf = {p.hf_name: (t, p) for t in self._targets for p in t.pieces}
         largest = max(v.numel() for v in self._master.values())
         self._eps = torch.empty(largest, dtype=torch.float32, device=device)
+        self._delta = torch.empty(largest, dtype=torch.float32, device=device)  # one update, all seeds
         self._perturbation: tuple[int, float] | None = None
         return {
             "tensors": len(self._master),
@@ -76,12 +77,16 @@ class ESWorkerExtension:
         pairs = [(int(s), float(c)) for s, c in pairs]
         if not all(math.isfinite(c) for _, c in pairs):
             raise ValueError(f"apply_update: non-finite coefficient in {pairs}")
+        squared_norm = 0.0
         for name, master in self._master.items():
             eps = self._eps[: master.numel()].view(master.shape)
+            delta = self._delta[: master.numel()].view(master.shape).zero_()
             for seed, coeff in pairs:
-                master.add_(fill_noise(eps, seed, name), alpha=coeff)
+                delta.add_(fill_noise(eps, seed, name), alpha=coeff)
+            master.add_(delta)
+            squared_norm += float(torch.linalg.vector_norm(delta)) ** 2
         self.restore()
-        return {"applied": len(pairs)}
+        return {"applied": len(pairs), "update_norm": math.sqrt(squared_norm)}
 
     def checksum(self) -> str:
         """Digest of the master (bit-exact, order-sensitive per tensor) and the perturbation state."""

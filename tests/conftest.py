@@ -27,9 +27,17 @@ def start_pool(model, **options):
     return EnginePool.start(model, EngineOptions(**options))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def engine_pair(ray_session, tiny_model):
-    """Two fp32 tiny engines, one per core."""
+    """Two fp32 tiny engines, one per core, shared by the session: tests keep them in step."""
+    pool = start_pool(tiny_model, num_engines=2)
+    yield pool.engines
+    pool.shutdown()
+
+
+@pytest.fixture(scope="module")
+def fresh_pair(ray_session, tiny_model):
+    """Two fp32 tiny engines still at the checkpoint's weights when the module starts."""
     pool = start_pool(tiny_model, num_engines=2)
     yield pool.engines
     pool.shutdown()

@@ -26,16 +26,16 @@ def texts(engine):
     return [c["text"] for c in engine.generate(PROMPTS, GREEDY)]
 
 
-def test_the_cpu_backend_really_packs_the_fused_linears(engine_pair):
+def test_the_cpu_backend_really_packs_the_fused_linears(fresh_pair):
     # Guards the trap in VLLM_CPU.md: these weights exist only inside packed kernels.
-    removed = set(engine_pair[0].info["removed"])
+    removed = set(fresh_pair[0].info["removed"])
     for layer in range(2):
         assert f"model.layers.{layer}.self_attn.qkv_proj.weight" in removed
         assert f"model.layers.{layer}.mlp.gate_up_proj.weight" in removed
 
 
-def test_every_hf_tensor_equals_base_plus_sigma_eps_after_perturb(engine_pair, checkpoint):
-    engine = engine_pair[0]
+def test_every_hf_tensor_equals_base_plus_sigma_eps_after_perturb(fresh_pair, checkpoint):
+    engine = fresh_pair[0]
     sigma, seed = 0.01, 424242
     engine.perturb(seed, sigma)
     try:
@@ -51,8 +51,8 @@ def test_every_hf_tensor_equals_base_plus_sigma_eps_after_perturb(engine_pair, c
         assert moved > 0.99, f"{name}: only {moved:.1%} of elements moved"
 
 
-def test_perturbing_changes_greedy_generations(engine_pair):
-    engine = engine_pair[0]
+def test_perturbing_changes_greedy_generations(fresh_pair):
+    engine = fresh_pair[0]
     before = texts(engine)
     engine.perturb(99, 0.05)
     try:
@@ -62,8 +62,8 @@ def test_perturbing_changes_greedy_generations(engine_pair):
     assert perturbed != before
 
 
-def test_restore_is_bit_exact_after_100_perturb_restore_cycles(engine_pair):
-    engine = engine_pair[1]
+def test_restore_is_bit_exact_after_100_perturb_restore_cycles(fresh_pair):
+    engine = fresh_pair[1]
     weights_before, text_before = engine.read_weights(), texts(engine)
     for seed in range(100):
         engine.perturb(seed, 0.01)
@@ -74,8 +74,8 @@ def test_restore_is_bit_exact_after_100_perturb_restore_cycles(engine_pair):
     assert texts(engine) == text_before
 
 
-def test_apply_update_equals_an_independent_fp32_sum(engine_pair):
-    engine = engine_pair[0]
+def test_apply_update_equals_an_independent_fp32_sum(fresh_pair):
+    engine = fresh_pair[0]
     pairs = [(11, 3e-3), (12, -1e-3), (2**31 - 1, 5e-4)]
     base = engine.master_weights()
     engine.apply_update(pairs)
@@ -86,11 +86,11 @@ def test_apply_update_equals_an_independent_fp32_sum(engine_pair):
             expected += coeff * noise(seed, name, b.shape)
         torch.testing.assert_close(master[name], expected, rtol=4e-7, atol=1e-8, msg=lambda m: f"{name}: {m}")
         assert torch.equal(effective[name], master[name]), name  # fp32 engine runs the master
-    engine_pair[1].apply_update(pairs)  # keep the pair in step for the tests below
+    fresh_pair[1].apply_update(pairs)  # keep the pair in step for the tests below
 
 
-def test_two_engines_with_the_same_updates_agree_and_an_extra_update_splits_them(engine_pair):
-    a, b = engine_pair
+def test_two_engines_with_the_same_updates_agree_and_an_extra_update_splits_them(fresh_pair):
+    a, b = fresh_pair
     for engine in (a, b):
         engine.apply_update([(5, 1e-3), (6, -2e-3)])
     assert a.checksum() == b.checksum()
@@ -100,8 +100,8 @@ def test_two_engines_with_the_same_updates_agree_and_an_extra_update_splits_them
     assert a.checksum() == b.checksum()
 
 
-def test_checksum_sees_a_perturbation(engine_pair):
-    engine = engine_pair[0]
+def test_checksum_sees_a_perturbation(fresh_pair):
+    engine = fresh_pair[0]
     base = engine.checksum()
     engine.perturb(3, 0.01)
     perturbed = engine.checksum()

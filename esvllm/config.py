@@ -1,0 +1,160 @@
+"""Run configuration: one dataclass, experiment presets from `experiments/NAME.toml`, CLI overrides.
+
+Precedence: field defaults (the paper's: N=30, sigma=0.001, alpha=0.0005, greedy) < the experiment
+file < flags given on the command line. Validation runs before any engine starts and every message
+names the flag and how to fix it. Imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
+
+
+def field(default, help: str, **kw):
+    return dataclasses.field(default=default, metadata={"help": help, **kw})
+
+
+@dataclasses.dataclass
+class RunConfig:
+    # what to train
+    experiment: str = field("custom", "name of the run (and of its preset in experiments/, if any)")
+    model_name: str = field("tiny", "HF checkpoint directory or built-in model (tiny, small, medium)")
+    task: str = field("countdown", "built-in task whose data generator to use: countdown, conciseness")
+    reward: str | None = field(None, "reward name (countdown, conciseness) or module:function; default: the task's")
+    data: str | None = field(None, "data file (.json, .jsonl, HF dataset dir); default: the task's generator")
+    data_sample: int = field(200, "number of training samples (the paper's --data_sample)")
+    batch_size: int | None = field(None, "prompts per iteration, drawn from the training samples; default: all")
+    test_size: int = field(64, "held-out samples kept apart from training (never overlapping)")
+    reward_fallback: float = field(0.0, "score of a completion whose reward function raises")
+    # ES
+    sigma: float = field(0.001, "noise scale of the perturbations")
+    alpha: float = field(0.0005, "learning rate: the update is alpha/N * sum z_i eps_i")
+    population_size: int = field(30, "N, perturbed models per iteration")
+    num_iterations: int = field(1000, "ES iterations")
+    global_seed: int = field(42, "seed of the seed schedule and the data")
+    # rollouts
+    temperature: float = field(0.0, "sampling temperature; 0 is greedy, as the paper")
+    max_tokens: int = field(1024, "most tokens generated per completion")
+    # engines
+    device: str = field("auto", "cpu, cuda, or auto (cuda when --cuda_devices is given)")
+    cuda_devices: str | None = field(None, "comma-separated GPU ids, one engine each, e.g. 0,1,2,3")
+    num_engines: int = field(1, "engines on CPU (each gets its own cores)")
+    precision: str = field("auto", "model dtype in vLLM: auto (float32 on CPU, bfloat16 on CUDA), bfloat16, float16, float32")
+    master_dtype: str = field("float32", "ES master copy: float32, or model (less memory, sub-ulp updates lost)")
+    max_model_len: int = field(1024, "longest prompt + completion, in tokens")
+    sync_check_every: int = field(1, "compare engine checksums every K iterations (0: never)")
+    ray_address: str | None = field(None, "join this Ray cluster; default: a private local one on 127.0.0.1")
+    # output
+    output_dir: str = field("runs", "where run directories are created (the paper's --experiment_dir)")
+    verbose: bool = field(False, "show engine logs")
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        def bad(flag, value, fix):
+            raise ValueError(f"--{flag} {value!r}: {fix}")
+
+        if self.population_size < 2:
+            bad("population_size", self.population_size, "needs at least 2 members to z-score rewards")
+        for name in ("sigma", "alpha"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+                bad(name, value, "must be a finite number > 0 (the paper uses sigma 0.001, alpha 0.0005)")
+        for name in ("num_iterations", "data_sample", "max_tokens", "max_model_len", "num_engines"):
+            if getattr(self, name) < 1:
+                bad(name, getattr(self, name), "must be >= 1")
+        if self.batch_size is not None and not 1 <= self.batch_size <= self.data_sample:
+            bad("batch_size", self.batch_size, f"must be between 1 and --data_sample ({self.data_sample})")
+        if self.temperature < 0:
+            bad("temperature", self.temperature, "must be >= 0 (0 is greedy)")
+        if self.device not in ("auto", "cpu", "cuda"):
+            bad("device", self.device, "use cpu, cuda or auto")
+        if self.precision not in ("auto", "bfloat16", "float16", "float32"):
+            bad("precision", self.precision, "use auto, bfloat16, float16 or float32")
+        if self.master_dtype not in ("float32", "model"):
+            bad("master_dtype", self.master_dtype, "use float32 or model")
+        if not 0 <= self.global_seed < 2**31:
+            bad("global_seed", self.global_seed, "must be in [0, 2**31)")
+
+    # derived values
+    @property
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        return "cuda" if self.cuda_devices else "cpu"
+
+    @property
+    def gpu_ids(self) -> list[int]:
+        if not self.cuda_devices:
+            return []
+        try:
+            return [int(x) for x in str(self.cuda_devices).split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(f"--cuda_devices {self.cuda_devices!r}: use comma-separated GPU ids, e.g. 0,1,2,3") from None
+
+    @property
+    def reward_spec(self) -> str:
+        return self.reward or self.task
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def load_experiment(name: str) -> dict:
+    """The settings of experiments/NAME.toml; unknown names and unknown keys are errors."""
+    path = EXPERIMENTS_DIR / f"{name}.toml"
+    if not path.is_file():
+        known = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.toml"))
+        raise ValueError(f"--experiment {name!r}: no {path}; known experiments: {known}")
+    settings = tomllib.loads(path.read_text())
+    unknown = set(settings) - {f.name for f in dataclasses.fields(RunConfig)}
+    if unknown:
+        raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
+    return {"experiment": name, **settings}
+
+
+def check_environment(config: RunConfig) -> None:
+    """Checks that need the machine (data files, GPUs, model path, reward import); no engine starts."""
+    from esvllm.models import BUILTIN_MODELS, resolve_model  # light: torch loads only to build a model
+
+    if config.model_name not in BUILTIN_MODELS:
+        resolve_model(config.model_name)
+    if config.data and not Path(config.data).expanduser().exists():
+        raise FileNotFoundError(f"--data {config.data!r}: no such file or directory")
+    from rewards import resolve_reward
+
+    resolve_reward(config.reward_spec)
+    if config.resolved_device == "cuda":
+        available = count_gpus()
+        if available == 0:
+            raise ValueError(
+                f"--cuda_devices {config.cuda_devices!r}: this machine has no CUDA GPU; "
+                "use --device cpu --num_engines N"
+            )
+        wanted = config.gpu_ids or list(range(config.num_engines))
+        missing = [g for g in wanted if g >= available]
+        if missing:
+            raise ValueError(f"--cuda_devices {config.cuda_devices!r}: GPUs {missing} do not exist ({available} here)")
+    else:
+        cores = len(os.sched_getaffinity(0))
+        if config.num_engines > cores:
+            raise ValueError(f"--num_engines {config.num_engines}: more engines than the {cores} CPU cores here")
+
+
+def count_gpus() -> int:
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))

@@ -1,0 +1,75 @@
+"""Bad configuration fails before any engine starts, with a message naming the value; --help is instant."""
+
+import subprocess
+import sys
+
+import pytest
+
+from esvllm.config import check_environment, count_gpus
+from esvllm.run import main, resolve_config
+
+
+def fails_with(argv, *fragments):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    message = str(info.value.code)
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+@pytest.mark.parametrize(
+    "argv, fragments",
+    [
+        (["--population_size", "1"], ["--population_size", "1"]),
+        (["--sigma", "0"], ["--sigma", "0.0"]),
+        (["--sigma", "-0.1"], ["--sigma", "-0.1"]),
+        (["--sigma", "nan"], ["--sigma", "nan"]),
+        (["--alpha", "inf"], ["--alpha", "inf"]),
+        (["--reward", "no_such_reward"], ["no_such_reward", "countdown"]),
+        (["--reward", "rewards.countdown:nothing"], ["rewards.countdown:nothing"]),
+        (["--experiment", "no_such_experiment"], ["no_such_experiment", "demo"]),
+        (["--data", "/nonexistent/countdown.json"], ["/nonexistent/countdown.json"]),
+        (["--model_name", "/nonexistent/model"], ["/nonexistent/model"]),
+        (["--device", "cpu", "--num_engines", "64"], ["--num_engines", "64"]),
+        (["--cuda_devices", "a,b"], ["--cuda_devices", "a,b"]),
+        (["--batch_size", "500", "--data_sample", "10"], ["--batch_size", "500"]),
+    ],
+)
+def test_bad_config_fails_before_any_engine_starts(argv, fragments, monkeypatch):
+    import engines.pool
+
+    def no_engines(*args, **kwargs):
+        raise AssertionError("an engine was started")
+
+    monkeypatch.setattr(engines.pool.EnginePool, "start", no_engines)
+    fails_with(argv, *fragments)
+
+
+def test_flags_override_the_experiment_file_which_overrides_defaults():
+    config = resolve_config(["--experiment", "demo", "--sigma", "0.123"])
+    assert config.sigma == 0.123  # flag
+    assert config.task == "conciseness" and config.num_engines == 2  # demo.toml
+    assert config.temperature == 0.0  # default (greedy)
+
+
+def test_paper_flag_names_are_accepted():
+    config = resolve_config(["--model_name", "tiny", "--population_size", "4", "--num_iterations", "3",
+                             "--experiment_dir", "/tmp/x", "--global_seed", "5", "--data_sample", "8",
+                             "--precision", "float32", "--num_engines", "1", "--verbose"])
+    assert (config.output_dir, config.global_seed, config.precision, config.verbose) == ("/tmp/x", 5, "float32", True)
+    check_environment(config)
+
+
+def test_help_answers_without_importing_torch_vllm_or_ray():
+    code = ("import sys, runpy; sys.argv=['esvllm.run','--help']\n"
+            "try: runpy.run_module('esvllm.run', run_name='__main__')\n"
+            "except SystemExit: pass\n"
+            "print(sorted(m for m in ('torch','vllm','ray') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "--population_size" in out and out.strip().endswith("[]")
+
+
+@pytest.mark.skipif(count_gpus() > 0, reason="this machine has a GPU")
+def test_cuda_devices_on_a_machine_without_cuda_is_refused():
+    fails_with(["--cuda_devices", "0,1"], "--cuda_devices", "0,1", "no CUDA GPU")

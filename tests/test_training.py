@@ -1,0 +1,86 @@
+"""End to end on CPU: real Ray engines, a real run directory, reproducible, and the update it applies
+equals alpha/N * sum z_i eps_i recomputed here from the logged seeds and rewards."""
+
+import json
+import statistics
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from esvllm.noise import noise
+from esvllm.run import main
+from esvllm.runlog import read_metrics
+
+pytestmark = pytest.mark.engine
+
+ARGS = ["--model_name", "tiny", "--task", "conciseness", "--num_engines", "2", "--population_size", "4",
+        "--num_iterations", "3", "--sigma", "0.05", "--alpha", "0.01", "--data_sample", "6", "--test_size", "4",
+        "--max_tokens", "12", "--max_model_len", "128", "--global_seed", "3"]
+
+
+def run(tmp_path, name):
+    return main(ARGS + ["--output_dir", str(tmp_path / name)])
+
+
+@pytest.fixture(scope="module")
+def first_run(ray_session, tmp_path_factory):
+    return run(tmp_path_factory.mktemp("runs"), "a")
+
+
+def test_a_run_leaves_metrics_tensorboard_and_a_final_model(first_run):
+    records = read_metrics(first_run)
+    assert [r["iteration"] for r in records] == [0, 1, 2]
+    assert all(r["checksum"] for r in records)  # both engines agreed after every iteration
+    assert json.loads((first_run / "config.json").read_text())["population_size"] == 4
+    for key in ("reward_mean", "reward_std", "reward_min", "reward_max", "time", "tokens_per_s", "update_norm", "seeds"):
+        assert key in records[0]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(first_run))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"reward/mean", "time/iteration_s", "throughput/tokens_per_s", "es/update_norm"} <= tags
+    assert len(events.Scalars("reward/mean")) == 3
+    assert (first_run / "final" / "model.safetensors").is_file()
+    assert (first_run / "rewards.png").stat().st_size > 0
+
+
+def test_the_final_weights_equal_base_plus_the_logged_updates(first_run, tiny_model):
+    base = load_file(f"{tiny_model}/model.safetensors")
+    final = load_file(str(first_run / "final" / "model.safetensors"))
+    records = read_metrics(first_run)
+    for name, expected in base.items():
+        expected = expected.clone()
+        for record in records:  # recomputed here: z-scores of the logged rewards, alpha / N
+            rewards = record["rewards"]
+            mean, std = statistics.fmean(rewards), statistics.pstdev(rewards)
+            for seed, reward in zip(record["seeds"], rewards):
+                z = 0.0 if std < 1e-8 else (reward - mean) / std
+                expected += 0.01 / len(rewards) * z * noise(seed, name, expected.shape)
+        torch.testing.assert_close(final[name], expected, rtol=1e-6, atol=1e-7, msg=lambda m: f"{name}: {m}")
+        assert not torch.equal(final[name], base[name]), f"{name} did not change"
+
+
+def test_the_same_command_twice_gives_identical_metrics_and_weights(first_run, tmp_path):
+    second = run(tmp_path, "b")
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("time", "tokens_per_s")} for r in rs]
+    assert strip(read_metrics(second)) == strip(read_metrics(first_run))
+    a = load_file(str(first_run / "final" / "model.safetensors"))
+    b = load_file(str(second / "final" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_engines_out_of_step_stop_the_run_with_both_checksums(engine_pair):
+    from esvllm.coordinator import Coordinator, EnginesDisagree
+
+    a, b = engine_pair
+    coordinator = Coordinator(config=None, engines=engine_pair, train=[], reward_fn=None)
+    coordinator.check_sync(0)  # in step
+    a.apply_update([(1234, 1e-4)])
+    try:
+        with pytest.raises(EnginesDisagree, match="engine 0 .* engine 1"):
+            coordinator.check_sync(7)
+    finally:
+        b.apply_update([(1234, 1e-4)])
+    assert a.checksum() == b.checksum()
