@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import math
 import os
+import uuid
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +103,8 @@ class EngineHandle:
     def apply_update(self, pairs):
         return self.call("rpc", "apply_update", [(int(s), float(c)) for s, c in pairs])
 
-    def checksum(self) -> str:
-        return self.call("rpc", "checksum")
+    def checksum(self, base_only: bool = False) -> str:
+        return self.call("rpc", "checksum", base_only)
 
     def export(self, path: str, dtype: str | None = None) -> str:
         return self.call("rpc", "export", str(path), dtype)
@@ -124,66 +125,88 @@ def check_sigma(sigma) -> None:
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None,
-             verbose: bool = False) -> None:
+             verbose: bool = False) -> bool:
     """Join `address`, or start a private local Ray bound to 127.0.0.1 with no dashboard.
+
+    Returns True when this call started a Ray instance (the caller then owns its shutdown).
 
     Engine logs reach this console only with `verbose` (they stay in Ray's log folder otherwise).
     """
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=verbose)
     if address:
         ray.init(address=address, **kwargs)
-    else:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, _node_ip_address="127.0.0.1", **kwargs)
+        return False
+    # Ray maps 127.0.0.1 to the machine's address unless it thinks it runs a laptop-only cluster;
+    # this switch (read by Ray here and by the processes it starts) keeps every server on loopback.
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
+    return True
 
 
 class EnginePool:
-    def __init__(self, engines: list[EngineHandle], placement_group=None):
-        self.engines = engines
+    """The engine actors of a run, one per placement-group bundle (one per GPU, or per CPU share)."""
+
+    def __init__(self, model_path: str, options: EngineOptions, placement_group):
+        self.model_path = model_path
+        self.options = options
         self.placement_group = placement_group
+        self.engines: list[EngineHandle] = []
+        self.run_tag = uuid.uuid4().hex[:8]
 
     @classmethod
     def start(cls, model_path: str, options: EngineOptions, ray_address: str | None = None) -> "EnginePool":
         import ray
+        from ray.util.placement_group import placement_group
 
-        from engines.vllm_actor import VLLMEngineActor
         from esvllm.models import resolve_model
 
         model_path = resolve_model(model_path)  # a missing path fails here, before Ray or vLLM start
         if options.device == "cpu":
             init_ray(ray_address, num_cpus=max(len(os.sched_getaffinity(0)), options.num_engines))
+            # Cores are assigned by vLLM's thread binding, not by Ray's CPU accounting: the bundles
+            # only place engines (spread over the cluster's nodes).
+            bundles, strategy = [{"CPU": 0.01}] * options.num_engines, "SPREAD"
         else:
             init_ray(ray_address, num_gpus=len(options.cuda_devices or []) or None)
-        placement_group = None
-        actor_opts = []
-        if options.device == "cuda":
-            from ray.util.placement_group import placement_group as make_pg
-            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-            placement_group = make_pg([{"GPU": 1, "CPU": 1}] * options.num_engines, strategy="PACK")
-            ray.get(placement_group.ready())
-            for i in range(options.num_engines):
-                strategy = PlacementGroupSchedulingStrategy(placement_group, placement_group_bundle_index=i)
-                actor_opts.append(dict(num_gpus=1, num_cpus=1, scheduling_strategy=strategy,
-                                       runtime_env={"env_vars": dict(QUIET_ENV)}))
-        else:
-            for cores in split_cores(options.num_engines):
-                env = {**QUIET_ENV, "VLLM_CPU_OMP_THREADS_BIND": cores}
-                # Cores are assigned by vLLM's thread binding, not by Ray's CPU accounting.
-                actor_opts.append(dict(num_cpus=0, runtime_env={"env_vars": env}))
-        remote_cls = ray.remote(VLLMEngineActor)
-        actors = [
-            remote_cls.options(**opts, name=None).remote(i, model_path, actor_options(model_path, options))
-            for i, opts in enumerate(actor_opts)
-        ]
-        engines = [EngineHandle(i, a) for i, a in enumerate(actors)]
-        for engine in engines:  # start all in parallel, then wait for each
-            engine.info = engine.call("ready")
+            bundles, strategy = [{"GPU": 1, "CPU": 1}] * options.num_engines, "PACK"
+        group = placement_group(bundles, strategy=strategy)
+        ray.get(group.ready())
+        pool = cls(model_path, options, group)
+        pool.engines = [pool.spawn(i) for i in range(options.num_engines)]
+        for engine in pool.engines:  # all start in parallel; wait for each
+            engine.info = engine.wait(engine.ready_ref)
             logger.info("engine %d ready in %.1fs: %s", engine.index, engine.info["start_s"], engine.info)
-        return cls(engines, placement_group)
+        return pool
+
+    def spawn(self, index: int, model_path: str | None = None) -> EngineHandle:
+        """Create engine `index` in its bundle; `handle.ready_ref` resolves to its info when it is up."""
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        from engines.vllm_actor import VLLMEngineActor
+
+        path = model_path or self.model_path
+        env = dict(QUIET_ENV)
+        if self.options.device == "cpu":
+            env["VLLM_CPU_OMP_THREADS_BIND"] = split_cores(self.options.num_engines)[index]
+            resources = {"num_cpus": 0.01}
+        else:
+            resources = {"num_cpus": 1, "num_gpus": 1}
+        strategy = PlacementGroupSchedulingStrategy(self.placement_group, placement_group_bundle_index=index)
+        actor = ray.remote(VLLMEngineActor).options(
+            **resources, scheduling_strategy=strategy, runtime_env={"env_vars": env},
+            name=f"esvllm_engine_{index}_{self.run_tag}",
+        ).remote(index, path, actor_options(path, self.options))
+        handle = EngineHandle(index, actor)
+        handle.ready_ref = actor.ready.remote()
+        return handle
 
     def shutdown(self) -> None:
         import ray
@@ -195,6 +218,7 @@ class EnginePool:
                 pass
         if self.placement_group is not None:
             ray.util.remove_placement_group(self.placement_group)
+            self.placement_group = None
         self.engines = []
 
 

@@ -27,8 +27,11 @@ class VLLMEngineActor:
         llm_kwargs = dict(options.get("llm_kwargs", {}))
         self.llm = LLM(model=model_path, worker_extension_cls=WORKER_EXTENSION, **llm_kwargs)
         self.info = self.llm.collective_rpc("es_init", args=(options.get("master_dtype", "float32"),))[0]
+        import ray
+
         self.info.update(index=index, pid=os.getpid(), start_s=time.perf_counter() - started,
-                         cpu_bind=os.environ.get("VLLM_CPU_OMP_THREADS_BIND"))
+                         cpu_bind=os.environ.get("VLLM_CPU_OMP_THREADS_BIND"),
+                         node_id=ray.get_runtime_context().get_node_id())
 
     def ready(self) -> dict:
         return self.info

@@ -88,8 +88,9 @@ class ESWorkerExtension:
         self.restore()
         return {"applied": len(pairs), "update_norm": math.sqrt(squared_norm)}
 
-    def checksum(self) -> str:
-        """Digest of the master (bit-exact, order-sensitive per tensor) and the perturbation state."""
+    def checksum(self, base_only: bool = False) -> str:
+        """Digest of the master (bit-exact, order-sensitive per tensor) and, unless `base_only`, the
+        current perturbation."""
         digest = hashlib.blake2b(digest_size=16)
         for name, master in self._master.items():
             ints = master.view(torch.int32) if master.element_size() == 4 else master.view(torch.int16)
@@ -99,7 +100,8 @@ class ESWorkerExtension:
             total = int(flat.sum(dtype=torch.int64))
             positional = int((flat[: flat.numel() // 7 * 7].view(-1, 7).to(torch.int64) * weights).sum())
             digest.update(f"{name}:{total}:{positional};".encode())
-        digest.update(repr(self._perturbation).encode())
+        if not base_only:
+            digest.update(repr(self._perturbation).encode())
         return digest.hexdigest()
 
     def export(self, path: str, dtype: str | None = None) -> str:

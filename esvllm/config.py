@@ -33,7 +33,8 @@ class RunConfig:
     data_sample: int = field(200, "number of training samples (the paper's --data_sample)")
     batch_size: int | None = field(None, "prompts per iteration, drawn from the training samples; default: all")
     test_size: int = field(64, "held-out samples kept apart from training (never overlapping)")
-    reward_fallback: float = field(0.0, "score of a completion whose reward function raises")
+    reward_fallback: float = field(0.0, "score of a completion whose reward function raises or times out")
+    reward_timeout: float | None = field(None, "cut a reward call off after this many seconds (runs rewards in worker processes)")
     # ES
     sigma: float = field(0.001, "noise scale of the perturbations")
     alpha: float = field(0.0005, "learning rate: the update is alpha/N * sum z_i eps_i")
@@ -52,6 +53,12 @@ class RunConfig:
     max_model_len: int = field(1024, "longest prompt + completion, in tokens")
     sync_check_every: int = field(1, "compare engine checksums every K iterations (0: never)")
     ray_address: str | None = field(None, "join this Ray cluster; default: a private local one on 127.0.0.1")
+    # checkpoints and evaluation
+    save_every: int = field(10, "checkpoint every K iterations (and at the end); 0: only at the end")
+    keep_checkpoints: int = field(2, "checkpoints kept (older ones are pruned)")
+    eval_every: int = field(0, "evaluate the current weights on the held-out split every K iterations (0: never)")
+    save_best: bool = field(False, "keep the best model by eval reward in <run>/best")
+    resume: str | None = field(None, "continue the stopped run in this run directory")
     # output
     output_dir: str = field("runs", "where run directories are created (the paper's --experiment_dir)")
     verbose: bool = field(False, "show engine logs")
@@ -74,6 +81,13 @@ class RunConfig:
                 bad(name, getattr(self, name), "must be >= 1")
         if self.batch_size is not None and not 1 <= self.batch_size <= self.data_sample:
             bad("batch_size", self.batch_size, f"must be between 1 and --data_sample ({self.data_sample})")
+        for name in ("save_every", "keep_checkpoints", "eval_every", "sync_check_every"):
+            if getattr(self, name) < 0:
+                bad(name, getattr(self, name), "must be >= 0")
+        if self.reward_timeout is not None and not self.reward_timeout > 0:
+            bad("reward_timeout", self.reward_timeout, "must be > 0 seconds")
+        if self.save_best and not self.eval_every:
+            bad("save_best", self.save_best, "needs --eval_every K to know which model is best")
         if self.temperature < 0:
             bad("temperature", self.temperature, "must be >= 0 (0 is greedy)")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -133,6 +147,7 @@ def check_environment(config: RunConfig) -> None:
     from rewards import resolve_reward
 
     resolve_reward(config.reward_spec)
+    check_writable(Path(config.resume) if config.resume else Path(config.output_dir))
     if config.resolved_device == "cuda":
         available = count_gpus()
         if available == 0:
@@ -158,3 +173,15 @@ def count_gpus() -> int:
     except (OSError, subprocess.TimeoutExpired):
         return 0
     return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+
+
+def check_writable(directory: Path) -> None:
+    """Fail now, not at the first checkpoint, when runs cannot be written under `directory`."""
+    probe = directory / f".esvllm-write-test-{os.getpid()}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise PermissionError(f"--output_dir {str(directory)!r}: cannot write there ({exc.strerror}); "
+                              "choose a writable directory with free space") from None

@@ -7,6 +7,10 @@ One iteration (paper Algorithm 1):
   3. coefficients alpha/N * z_n from the member rewards (esvllm.es);
   4. every engine applies the same [(s_n, coeff_n)] (O(N) numbers, never weights);
   5. every --sync_check_every iterations all engines' checksums must agree.
+
+An engine that dies mid-iteration is replaced: its member goes back in the queue, a new engine starts
+from the latest exported weights and replays the update log since, and must then report the same
+base checksum as the others. Checkpoints (esvllm.checkpoint) hold everything needed to resume.
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ import random
 import statistics
 import time
 from collections import deque
+from pathlib import Path
 
+from engines.pool import EngineDiedError
+from esvllm import checkpoint
 from esvllm.es import member_seeds, update_coefficients
 
 logger = logging.getLogger(__name__)
@@ -30,14 +37,30 @@ class RewardFailed(RuntimeError):
     """The reward function raised on every sample of an iteration."""
 
 
+class NoEngineLeft(RuntimeError):
+    """Every engine died and none could be started again."""
+
+
 class Coordinator:
-    def __init__(self, config, engines, train: list[dict], reward_fn, runlog=None, progress: bool = True):
+    def __init__(self, config, pool, train: list[dict], scorer, runlog=None, progress: bool = True,
+                 test: list[dict] | None = None, run_dir: Path | None = None, records: list[dict] | None = None,
+                 weights: tuple[str, int] | None = None):
         self.config = config
-        self.engines = engines
+        self.pool = pool
         self.train = train
-        self.reward_fn = reward_fn
+        self.test = test or []
+        self.scorer = scorer
         self.runlog = runlog
         self.progress = progress
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.records = list(records or [])
+        # The weights engines start from, and how many logged iterations they already include.
+        self.weights_path, self.weights_iteration = weights or (pool.model_path, 0)
+        self.best_eval = max((r["eval"]["reward"] for r in self.records if "eval" in r), default=None)
+
+    @property
+    def engines(self):
+        return self.pool.engines
 
     # ---- one iteration ----------------------------------------------------------------------------
     def batch(self, iteration: int) -> list[dict]:
@@ -60,11 +83,9 @@ class Coordinator:
         scored, timing = self.rollouts(iteration, seeds, samples)
         rewards = [m["reward"] for m in scored]
         coefficients = update_coefficients(rewards, cfg.alpha)
-        pairs = list(zip(seeds, coefficients))
 
         t0 = time.perf_counter()
-        refs = [e.submit("rpc", "apply_update", pairs) for e in self.engines]
-        results = [e.wait(r) for e, r in zip(self.engines, refs)]
+        results = self.broadcast("apply_update", list(zip(seeds, coefficients)))
         timing["update_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -75,20 +96,21 @@ class Coordinator:
         timing["iteration_s"] = time.perf_counter() - started
 
         tokens = sum(m["tokens"] for m in scored)
-        components = _mean_components(scored)
         return {
             "iteration": iteration,
             "reward_mean": statistics.fmean(rewards),
             "reward_std": statistics.pstdev(rewards),
             "reward_min": min(rewards),
             "reward_max": max(rewards),
-            "components": components,
+            "components": _mean_components(scored),
             "time": timing,
             "tokens": tokens,
             "tokens_per_s": tokens / timing["rollout_s"] if timing["rollout_s"] > 0 else 0.0,
             "mean_completion_tokens": tokens / (len(scored) * len(samples)),
             "update_norm": results[0]["update_norm"],
             "reward_errors": sum(m["errors"] for m in scored),
+            "reward_timeouts": sum(m["timeouts"] for m in scored),
+            "engine_restarts": timing.pop("engine_restarts"),
             "seeds": seeds,
             "rewards": rewards,
             "coefficients": coefficients,
@@ -101,9 +123,9 @@ class Coordinator:
 
         prompts = [s["prompt"] for s in samples]
         queue = deque(range(len(seeds)))
-        pending = {}
+        pending: dict = {}  # ObjectRef -> (engine, member or None while the engine starts)
         scored: list[dict | None] = [None] * len(seeds)
-        timing = {"perturb_s": 0.0, "generate_s": 0.0, "score_s": 0.0}
+        timing = {"perturb_s": 0.0, "generate_s": 0.0, "score_s": 0.0, "engine_restarts": 0}
         started = time.perf_counter()
 
         def submit(engine):
@@ -111,14 +133,34 @@ class Coordinator:
             ref = engine.submit("rollout", seeds[member], self.config.sigma, prompts, self.sampling(seeds[member]))
             pending[ref] = (engine, member)
 
-        for engine in self.engines:
+        for engine in list(self.engines):
             if queue:
                 submit(engine)
         bar = _progress(len(seeds), f"iter {iteration}", self.progress)
         while pending:
             [ref], _ = ray.wait(list(pending), num_returns=1)
             engine, member = pending.pop(ref)
-            result = engine.wait(ref)
+            try:
+                result = engine.wait(ref)
+            except EngineDiedError as exc:
+                if member is None:  # a replacement could not start: no second try
+                    logger.error("replacement %s failed to start: %s", engine, exc)
+                    if not self.engines and not pending:
+                        self.save(with_weights=False)
+                        raise NoEngineLeft(f"iteration {iteration}: every engine died and none could be "
+                                           f"started again; checkpoint saved in {self.run_dir}") from exc
+                    continue
+                logger.warning("%s; member %d goes back in the queue and a new engine starts", exc, member)
+                queue.appendleft(member)
+                replacement = self.replace(engine)
+                timing["engine_restarts"] += 1
+                pending[replacement.ready_ref] = (replacement, None)
+                continue
+            if member is None:  # a replacement engine is up: bring it to the current weights
+                self.catch_up(engine, result)
+                if queue:
+                    submit(engine)
+                continue
             if queue:
                 submit(engine)  # before scoring: the engine must not wait on the coordinator
             t0 = time.perf_counter()
@@ -135,46 +177,93 @@ class Coordinator:
         return scored, timing
 
     def score(self, completions: list[dict], samples: list[dict]) -> dict:
-        """Mean reward of one member over its prompts; a raising reward scores the fallback."""
-        values, components, errors, last_error = [], {}, 0, None
-        for completion, sample in zip(completions, samples):
-            try:
-                out = self.reward_fn(completion["text"], sample)
-                value = float(out["reward"] if isinstance(out, dict) else out)
-                if isinstance(out, dict):
-                    for key, v in out.items():
-                        if key != "reward":
-                            components.setdefault(key, []).append(float(v))
-            except Exception as exc:  # a user's reward may raise anything; count it, score the fallback
-                errors, last_error = errors + 1, exc
-                value = self.config.reward_fallback
-            values.append(value)
-        return {
-            "reward": statistics.fmean(values),
-            "components": {k: statistics.fmean(v) for k, v in components.items()},
-            "tokens": sum(c["tokens"] for c in completions),
-            "errors": errors,
-            "error": last_error,
-        }
+        out = self.scorer.score([c["text"] for c in completions], samples)
+        out["tokens"] = sum(c["tokens"] for c in completions)
+        return out
 
-    def check_sync(self, iteration: int) -> str:
-        refs = [e.submit("rpc", "checksum") for e in self.engines]
-        sums = [e.wait(r) for e, r in zip(self.engines, refs)]
+    def broadcast(self, method: str, *args) -> list:
+        refs = [e.submit("rpc", method, *args) for e in self.engines]
+        return [e.wait(r) for e, r in zip(self.engines, refs)]
+
+    def check_sync(self, iteration: int, base_only: bool = False) -> str:
+        sums = self.broadcast("checksum", base_only)
         if len(set(sums)) > 1:
             detail = ", ".join(f"{e}: {s}" for e, s in zip(self.engines, sums))
             raise EnginesDisagree(f"after iteration {iteration} the engines hold different weights: {detail}")
         return sums[0]
 
+    # ---- engine failures --------------------------------------------------------------------------
+    def replace(self, dead):
+        """Drop a dead engine and start a new one in its place from the latest exported weights."""
+        self.pool.engines = [e for e in self.engines if e is not dead]
+        return self.pool.spawn(dead.index, self.weights_path)
+
+    def catch_up(self, engine, info_or_error) -> None:
+        """Replay the update log since the exported weights, then require the others' base checksum."""
+        engine.info = info_or_error
+        for record in self.records[self.weights_iteration :]:
+            engine.apply_update(list(zip(record["seeds"], record["coefficients"])))
+        reference = [e for e in self.engines if e is not engine]
+        if reference:
+            want, got = reference[0].checksum(base_only=True), engine.checksum(base_only=True)
+            if want != got:
+                raise EnginesDisagree(f"replacement {engine} has base checksum {got}, the others {want}")
+        self.pool.engines = sorted([*self.engines, engine], key=lambda e: e.index)
+        logger.warning("%s replaced the dead engine and caught up on %d updates", engine,
+                       len(self.records) - self.weights_iteration)
+
+    # ---- evaluation and checkpoints ---------------------------------------------------------------
+    def evaluate(self) -> dict:
+        from esvllm.evaluation import evaluate_on_engines
+
+        summary, _rows = evaluate_on_engines(self.engines, self.test, self.scorer, self.config.max_tokens)
+        return summary
+
+    def state(self, next_iteration: int) -> dict:
+        return {
+            "iteration": next_iteration,
+            "updates": [[r["seeds"], r["coefficients"]] for r in self.records],
+            "metrics": self.records,
+            "config": self.config.to_dict(),
+            "model_path": self.weights_path,
+            "model_iteration": self.weights_iteration,
+        }
+
+    def save(self, with_weights: bool = True) -> Path | None:
+        """Checkpoint after the last completed iteration; without weights if no engine can export."""
+        if self.run_dir is None:
+            return None
+        engines = self.engines if with_weights else []
+        export = engines[0].export if engines else None
+        path = checkpoint.save_checkpoint(self.run_dir, self.state(len(self.records)), export,
+                                          keep=self.config.keep_checkpoints)
+        if export is not None:
+            state = checkpoint.load_state(path)
+            self.weights_path = checkpoint.model_path(self.run_dir, state)
+            self.weights_iteration = state["model_iteration"]
+        return path
+
     # ---- the run ----------------------------------------------------------------------------------
     def run(self, start: int = 0) -> list[dict]:
-        records = []
-        for iteration in range(start, self.config.num_iterations):
+        cfg = self.config
+        for iteration in range(start, cfg.num_iterations):
             record = self.step(iteration)
-            records.append(record)
+            if cfg.eval_every and (iteration + 1) % cfg.eval_every == 0:
+                record["eval"] = self.evaluate()
+                if cfg.save_best and (self.best_eval is None or record["eval"]["reward"] > self.best_eval):
+                    self.best_eval = record["eval"]["reward"]
+                    self.engines[0].export(str(self.run_dir / "best"))
+            self.records.append(record)
             if self.runlog:
                 self.runlog.log(record)
-            _print_summary(record, self.config.num_iterations, self.progress)
-        return records
+            _print_summary(record, cfg.num_iterations, self.progress)
+            if cfg.save_every and (iteration + 1) % cfg.save_every == 0 and iteration + 1 < cfg.num_iterations:
+                try:
+                    self.save()
+                except OSError as exc:  # e.g. disk full: earlier checkpoints stay valid; keep training
+                    logger.error("checkpoint after iteration %d not saved (%s); earlier checkpoints are intact",
+                                 iteration, exc)
+        return self.records
 
 
 def _mean_components(scored: list[dict]) -> dict:
@@ -190,9 +279,10 @@ def _progress(total: int, desc: str, enabled: bool):
 
 def _print_summary(r: dict, total: int, enabled: bool) -> None:
     comps = " ".join(f"{k}={v:.3f}" for k, v in r["components"].items())
+    evals = " | eval " + " ".join(f"{k}={v:.3f}" for k, v in r["eval"].items() if v is not None) if "eval" in r else ""
     line = (f"iter {r['iteration'] + 1}/{total} reward {r['reward_mean']:.4f} ± {r['reward_std']:.4f} "
             f"[{r['reward_min']:.3f}, {r['reward_max']:.3f}] {comps} | {r['time']['iteration_s']:.1f}s "
-            f"{r['tokens_per_s']:.0f} tok/s | update norm {r['update_norm']:.3g}")
+            f"{r['tokens_per_s']:.0f} tok/s | update norm {r['update_norm']:.3g}{evals}")
     if enabled:
         from tqdm import tqdm
 

@@ -13,8 +13,11 @@ and the final model in HF format (final/).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import json
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -48,7 +51,14 @@ def _parser_type(f: dataclasses.Field):
 
 def resolve_config(argv: list[str] | None = None) -> RunConfig:
     args = vars(build_parser().parse_args(argv))
-    settings = load_experiment(args["experiment"]) if "experiment" in args else {}
+    if args.get("resume"):  # the stopped run's own config; flags given now override it
+        saved = Path(args["resume"]) / "config.json"
+        if not saved.is_file():
+            raise FileNotFoundError(f"--resume {args['resume']!r}: no config.json there; pass a run directory")
+        settings = json.loads(saved.read_text())
+        settings.pop("model_path", None)
+    else:
+        settings = load_experiment(args["experiment"]) if "experiment" in args else {}
     settings.update(args)
     return RunConfig(**settings)
 
@@ -57,48 +67,99 @@ def main(argv: list[str] | None = None) -> Path:
     try:
         config = resolve_config(argv)
         check_environment(config)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, PermissionError) as exc:
         sys.exit(f"error: {exc}")
     logging.basicConfig(level=logging.INFO if config.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return train(config)
 
 
+def prepare_run(config: RunConfig, model_path: str):
+    """(run_dir, records so far, (weights path, iterations they include), RunLog) of a new or resumed run."""
+    from esvllm import checkpoint
+    from esvllm.runlog import RunLog, read_metrics, run_dir_name
+
+    if not config.resume:
+        run_dir = Path(config.output_dir) / run_dir_name(config.experiment, config.model_name, config.global_seed)
+        return run_dir, [], (model_path, 0), RunLog(run_dir, {**config.to_dict(), "model_path": model_path})
+    run_dir = Path(config.resume)
+    records = read_metrics(run_dir)
+    latest = checkpoint.latest_checkpoint(run_dir)
+    weights = (model_path, 0)
+    if latest is not None:
+        state = checkpoint.load_state(latest)
+        weights = (checkpoint.model_path(run_dir, state), state["model_iteration"])
+        if len(records) < state["iteration"]:  # metrics.jsonl lost lines: the checkpoint has them all
+            records = state["metrics"]
+    return run_dir, records, weights, RunLog(run_dir, config.to_dict(), resumed_records=records)
+
+
 def train(config: RunConfig) -> Path:
-    """Start the engines, run every iteration, export final/, stop the engines."""
+    """Start the engines, run (or resume) every iteration, export final/, stop engines and Ray."""
+    import ray
+
     from engines.pool import EngineOptions, EnginePool, init_ray
     from esvllm.coordinator import Coordinator
     from esvllm.models import resolve_model
-    from esvllm.runlog import RunLog, run_dir_name
-    from rewards import resolve_reward
+    from esvllm.scoring import Scorer
     from rewards.data import task_splits
 
-    reward_fn = resolve_reward(config.reward_spec)
-    train_set, _test = task_splits(config.task, config.data, config.data_sample, config.test_size, config.global_seed)
-    model_path = resolve_model(config.model_name)
-    run_dir = Path(config.output_dir) / run_dir_name(config.experiment, config.model_name, config.global_seed)
-    runlog = RunLog(run_dir, {**config.to_dict(), "model_path": model_path})
-    print(f"run directory: {run_dir}", flush=True)
+    scorer = Scorer(config.reward_spec, config.reward_fallback, config.reward_timeout)
+    train_set, test_set = task_splits(config.task, config.data, config.data_sample, config.test_size, config.global_seed)
+    base_model = resolve_model(config.model_name)
+    run_dir, records, weights, runlog = prepare_run(config, base_model)
+    start = len(records)
+    print(f"run directory: {run_dir}" + (f" (resuming at iteration {start})" if config.resume else ""), flush=True)
 
     options = EngineOptions(
         device=config.resolved_device, num_engines=config.num_engines, cuda_devices=config.gpu_ids or None,
         dtype=config.precision, master_dtype=config.master_dtype, max_model_len=config.max_model_len,
         seed=config.global_seed,
     )
-    init_ray(config.ray_address, verbose=config.verbose,
-             num_cpus=None if config.ray_address else max(options.num_engines, 1))
-    started = time.perf_counter()
-    pool = EnginePool.start(model_path, options, config.ray_address)
-    print(f"{len(pool.engines)} engine(s) ready in {time.perf_counter() - started:.1f}s", flush=True)
+    owns_ray = init_ray(config.ray_address, verbose=config.verbose,
+                        num_cpus=None if config.ray_address else max(options.num_engines, 1))
+    pool = coordinator = None
     try:
-        Coordinator(config, pool.engines, train_set, reward_fn, runlog).run()
-        final = pool.engines[0].export(str(run_dir / "final"))
-        print(f"final model: {final}")
+        with interrupts_raise():
+            started = time.perf_counter()
+            pool = EnginePool.start(weights[0], options, config.ray_address)
+            print(f"{len(pool.engines)} engine(s) ready in {time.perf_counter() - started:.1f}s", flush=True)
+            (run_dir / "engines.json").write_text(json.dumps([e.info for e in pool.engines], indent=2))
+            coordinator = Coordinator(config, pool, train_set, scorer, runlog, test=test_set, run_dir=run_dir,
+                                      records=records, weights=weights)
+            for record in records[weights[1]:]:  # resume: replay the update log since the weights
+                coordinator.broadcast("apply_update", list(zip(record["seeds"], record["coefficients"])))
+            coordinator.run(start=start)
+            coordinator.save()
+            final = pool.engines[0].export(str(run_dir / "final"))
+            print(f"final model: {final}")
+    except KeyboardInterrupt:
+        if coordinator is not None and pool.engines:
+            path = coordinator.save()
+            print(f"\ninterrupted: checkpoint {path}; continue with --resume {run_dir}", flush=True)
+        raise SystemExit(130)
     finally:
         runlog.close()
-        pool.shutdown()
+        scorer.close()
+        if pool is not None:
+            pool.shutdown()
+        if owns_ray:
+            ray.shutdown()
     report(run_dir)
     return run_dir
+
+
+@contextlib.contextmanager
+def interrupts_raise():
+    """SIGTERM (like SIGINT) raises KeyboardInterrupt, so both save a checkpoint and stop cleanly."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def report(run_dir: Path) -> None:

@@ -15,13 +15,18 @@ def run_dir_name(experiment: str, model: str, seed: int) -> str:
 
 
 class RunLog:
-    def __init__(self, run_dir: Path, config: dict):
+    def __init__(self, run_dir: Path, config: dict, resumed_records: list[dict] | None = None):
+        """A new run directory, or (with `resumed_records`) an existing one whose metrics.jsonl is
+        rewritten to exactly those records, dropping a partly written last line."""
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=False)
-        _write_atomic(self.run_dir / "config.json", json.dumps(config, indent=2))
         self.metrics_path = self.run_dir / "metrics.jsonl"
+        if resumed_records is None:
+            self.run_dir.mkdir(parents=True, exist_ok=False)
+            _write_atomic(self.run_dir / "config.json", json.dumps(config, indent=2))
+        else:
+            _write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in resumed_records))
         self.writer = SummaryWriter(log_dir=str(self.run_dir))
         self.writer.add_text("config", "```\n" + json.dumps(config, indent=2) + "\n```", 0)
 
@@ -47,13 +52,28 @@ def scalars(record: dict) -> dict[str, float]:
     out["throughput/tokens_per_s"] = record["tokens_per_s"]
     out["es/update_norm"] = record["update_norm"]
     out["es/reward_errors"] = record["reward_errors"]
+    out["es/reward_timeouts"] = record.get("reward_timeouts", 0)
+    out["es/engine_restarts"] = record.get("engine_restarts", 0)
+    out.update({f"eval/{k}": v for k, v in record.get("eval", {}).items() if v is not None and k != "samples"})
     out["es/mean_completion_tokens"] = record["mean_completion_tokens"]
     return out
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The records of metrics.jsonl in order; a partly written last line (a killed run) is dropped."""
     path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if record["iteration"] != len(records):
+            raise ValueError(f"{path}: iteration {record['iteration']} follows {len(records) - 1}")
+        records.append(record)
+    return records
 
 
 def _write_atomic(path: Path, text: str) -> None:

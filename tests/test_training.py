@@ -3,6 +3,7 @@ equals alpha/N * sum z_i eps_i recomputed here from the logged seeds and rewards
 
 import json
 import statistics
+import types
 
 import pytest
 import torch
@@ -75,7 +76,8 @@ def test_engines_out_of_step_stop_the_run_with_both_checksums(engine_pair):
     from esvllm.coordinator import Coordinator, EnginesDisagree
 
     a, b = engine_pair
-    coordinator = Coordinator(config=None, engines=engine_pair, train=[], reward_fn=None)
+    engines = types.SimpleNamespace(engines=list(engine_pair), model_path=None)  # the pool's engine list
+    coordinator = Coordinator(config=None, pool=engines, train=[], scorer=None)
     coordinator.check_sync(0)  # in step
     a.apply_update([(1234, 1e-4)])
     try:

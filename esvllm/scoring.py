@@ -1,0 +1,124 @@
+"""Scoring completions with the reward function, in this process or in killable worker processes.
+
+Without a timeout, rewards run inline (fast, nothing to set up). With `--reward_timeout T`, each call
+runs in one of a few worker processes; a call that exceeds T seconds is scored with the fallback,
+its worker is killed and replaced, and the other workers keep scoring meanwhile.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import statistics
+import time
+from collections import deque
+from multiprocessing.connection import wait
+
+
+def call_reward(fn, completion: str, sample: dict) -> tuple[float, dict]:
+    """(reward, components) from a reward that returns a float or a dict with a `reward` key."""
+    out = fn(completion, sample)
+    if isinstance(out, dict):
+        return float(out["reward"]), {k: float(v) for k, v in out.items() if k != "reward"}
+    return float(out), {}
+
+
+class Scorer:
+    def __init__(self, reward_spec: str, fallback: float = 0.0, timeout: float | None = None, workers: int = 2):
+        from rewards import resolve_reward
+
+        self.fallback = fallback
+        self.fn = resolve_reward(reward_spec)
+        self.pool = RewardProcesses(reward_spec, workers, timeout) if timeout else None
+
+    def score(self, completions: list[str], samples: list[dict]) -> dict:
+        """Mean reward over the prompts of one member, component means, error and timeout counts."""
+        if self.pool:
+            outcomes = self.pool.run(list(zip(completions, samples)))
+        else:
+            outcomes = []
+            for completion, sample in zip(completions, samples):
+                try:
+                    outcomes.append(("ok", call_reward(self.fn, completion, sample)))
+                except Exception as exc:  # a user's reward may raise anything: count it, score the fallback
+                    outcomes.append(("error", exc))
+        values, components, per_sample, errors, timeouts, last_error = [], {}, [], 0, 0, None
+        for status, payload in outcomes:
+            parts = {}
+            if status == "ok":
+                value, parts = payload
+                for key, v in parts.items():
+                    components.setdefault(key, []).append(v)
+            else:
+                value = self.fallback
+                errors += status == "error"
+                timeouts += status == "timeout"
+                last_error = payload if status == "error" else last_error
+            values.append(value)
+            per_sample.append({"status": status, **parts})
+        return {"reward": statistics.fmean(values), "values": values, "per_sample": per_sample,
+                "components": {k: statistics.fmean(v) for k, v in components.items()},
+                "errors": errors, "timeouts": timeouts, "error": last_error}
+
+    def close(self) -> None:
+        if self.pool:
+            self.pool.close()
+
+
+def _serve(conn, reward_spec: str) -> None:
+    from rewards import resolve_reward
+
+    fn = resolve_reward(reward_spec)
+    while True:
+        item = conn.recv()
+        if item is None:
+            return
+        try:
+            conn.send(("ok", call_reward(fn, *item)))
+        except Exception as exc:
+            conn.send(("error", RuntimeError(f"{type(exc).__name__}: {exc}")))
+
+
+class RewardProcesses:
+    """A few reward worker processes; a call past the timeout kills and replaces its worker."""
+
+    def __init__(self, reward_spec: str, workers: int, timeout: float):
+        self.spec, self.timeout = reward_spec, timeout
+        self.ctx = mp.get_context("spawn")  # never fork a process that runs Ray threads
+        self.workers = [self._spawn() for _ in range(workers)]
+
+    def _spawn(self):
+        parent, child = self.ctx.Pipe()
+        process = self.ctx.Process(target=_serve, args=(child, self.spec), daemon=True)
+        process.start()
+        return process, parent
+
+    def run(self, items: list[tuple]) -> list[tuple[str, object]]:
+        results: list = [None] * len(items)
+        queue, busy = deque(range(len(items))), {}  # worker index -> (item index, deadline)
+        while queue or busy:
+            for w in range(len(self.workers)):
+                if w not in busy and queue:
+                    i = queue.popleft()
+                    self.workers[w][1].send(items[i])
+                    busy[w] = (i, time.monotonic() + self.timeout)
+            soonest = min(deadline for _, deadline in busy.values())
+            ready = wait([self.workers[w][1] for w in busy], timeout=max(0.0, soonest - time.monotonic()))
+            for w in list(busy):
+                conn = self.workers[w][1]
+                if conn in ready:
+                    results[busy.pop(w)[0]] = conn.recv()
+                elif time.monotonic() >= busy[w][1]:
+                    results[busy.pop(w)[0]] = ("timeout", None)
+                    self.workers[w][0].kill()
+                    self.workers[w] = self._spawn()
+        return results
+
+    def close(self) -> None:
+        for process, conn in self.workers:
+            try:
+                conn.send(None)
+            except OSError:
+                pass
+            process.join(timeout=1)
+            if process.is_alive():
+                process.kill()
