@@ -54,8 +54,11 @@ class Coordinator:
         self.progress = progress
         self.run_dir = Path(run_dir) if run_dir else None
         self.records = list(records or [])
+        # Every update the engines hold, in order: what a replacement engine replays.
+        self.updates = [list(zip(r["seeds"], r["coefficients"])) for r in self.records]
         # The weights engines start from, and how many logged iterations they already include.
         self.weights_path, self.weights_iteration = weights or (pool.model_path, 0)
+        self.restarts_between = 0  # engines replaced outside rollouts, counted in the next record
         self.best_eval = max((r["eval"]["reward"] for r in self.records if "eval" in r), default=None)
 
     @property
@@ -85,7 +88,9 @@ class Coordinator:
         coefficients = update_coefficients(rewards, cfg.alpha)
 
         t0 = time.perf_counter()
-        results = self.broadcast("apply_update", list(zip(seeds, coefficients)))
+        pairs = list(zip(seeds, coefficients))
+        results = self.broadcast("apply_update", pairs)
+        self.updates.append(pairs)
         timing["update_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -125,7 +130,8 @@ class Coordinator:
         queue = deque(range(len(seeds)))
         pending: dict = {}  # ObjectRef -> (engine, member or None while the engine starts)
         scored: list[dict | None] = [None] * len(seeds)
-        timing = {"perturb_s": 0.0, "generate_s": 0.0, "score_s": 0.0, "engine_restarts": 0}
+        timing = {"perturb_s": 0.0, "generate_s": 0.0, "score_s": 0.0, "engine_restarts": self.restarts_between}
+        self.restarts_between = 0
         started = time.perf_counter()
 
         def submit(engine):
@@ -182,8 +188,19 @@ class Coordinator:
         return out
 
     def broadcast(self, method: str, *args) -> list:
-        refs = [e.submit("rpc", method, *args) for e in self.engines]
-        return [e.wait(r) for e, r in zip(self.engines, refs)]
+        """The same RPC on every engine; an engine that died meanwhile is replaced and asked again."""
+        calls = [(e, e.submit("rpc", method, *args)) for e in self.engines]
+        results = []
+        for engine, ref in calls:
+            try:
+                results.append(engine.wait(ref))
+            except EngineDiedError as exc:
+                logger.warning("%s during %s; starting a new engine", exc, method)
+                replacement = self.replace(engine)
+                self.restarts_between += 1
+                self.catch_up(replacement, replacement.wait(replacement.ready_ref), verify=False)
+                results.append(replacement.call("rpc", method, *args))
+        return results
 
     def check_sync(self, iteration: int, base_only: bool = False) -> str:
         sums = self.broadcast("checksum", base_only)
@@ -198,19 +215,20 @@ class Coordinator:
         self.pool.engines = [e for e in self.engines if e is not dead]
         return self.pool.spawn(dead.index, self.weights_path)
 
-    def catch_up(self, engine, info_or_error) -> None:
-        """Replay the update log since the exported weights, then require the others' base checksum."""
-        engine.info = info_or_error
-        for record in self.records[self.weights_iteration :]:
-            engine.apply_update(list(zip(record["seeds"], record["coefficients"])))
+    def catch_up(self, engine, info: dict, verify: bool = True) -> None:
+        """Replay the update log since the exported weights, then require the others' base checksum
+        (`verify=False` mid-broadcast, where the sync check that follows compares them)."""
+        engine.info = info
+        for pairs in self.updates[self.weights_iteration :]:
+            engine.apply_update(pairs)
         reference = [e for e in self.engines if e is not engine]
-        if reference:
+        if reference and verify:
             want, got = reference[0].checksum(base_only=True), engine.checksum(base_only=True)
             if want != got:
                 raise EnginesDisagree(f"replacement {engine} has base checksum {got}, the others {want}")
         self.pool.engines = sorted([*self.engines, engine], key=lambda e: e.index)
         logger.warning("%s replaced the dead engine and caught up on %d updates", engine,
-                       len(self.records) - self.weights_iteration)
+                       len(self.updates) - self.weights_iteration)
 
     # ---- evaluation and checkpoints ---------------------------------------------------------------
     def evaluate(self) -> dict:

@@ -127,8 +127,8 @@ def train(config: RunConfig) -> Path:
             (run_dir / "engines.json").write_text(json.dumps([e.info for e in pool.engines], indent=2))
             coordinator = Coordinator(config, pool, train_set, scorer, runlog, test=test_set, run_dir=run_dir,
                                       records=records, weights=weights)
-            for record in records[weights[1]:]:  # resume: replay the update log since the weights
-                coordinator.broadcast("apply_update", list(zip(record["seeds"], record["coefficients"])))
+            for pairs in coordinator.updates[weights[1]:]:  # resume: replay the update log since the weights
+                coordinator.broadcast("apply_update", pairs)
             coordinator.run(start=start)
             coordinator.save()
             final = pool.engines[0].export(str(run_dir / "final"))

@@ -18,15 +18,30 @@ pytestmark = pytest.mark.engine
 ARGS = ["--model_name", "tiny", "--task", "conciseness", "--num_engines", "2", "--population_size", "4",
         "--num_iterations", "3", "--sigma", "0.05", "--alpha", "0.01", "--data_sample", "6", "--test_size", "4",
         "--max_tokens", "12", "--max_model_len", "128", "--global_seed", "3"]
+# Checkpoints, eval and best-model export must not change the trajectory: the first run uses them.
+EXTRAS = ["--save_every", "1", "--eval_every", "3", "--save_best"]
 
 
-def run(tmp_path, name):
-    return main(ARGS + ["--output_dir", str(tmp_path / name)])
+def run(tmp_path, name, extra=()):
+    return main(ARGS + list(extra) + ["--output_dir", str(tmp_path / name)])
+
+
+def final_weights(run_dir):
+    return load_file(str(run_dir / "final" / "model.safetensors"))
+
+
+def same_weights(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def without_timing(records):
+    volatile = ("time", "tokens_per_s", "engine_restarts")
+    return [{k: v for k, v in r.items() if k not in volatile} for r in records]
 
 
 @pytest.fixture(scope="module")
 def first_run(ray_session, tmp_path_factory):
-    return run(tmp_path_factory.mktemp("runs"), "a")
+    return run(tmp_path_factory.mktemp("runs"), "a", EXTRAS)
 
 
 def test_a_run_leaves_metrics_tensorboard_and_a_final_model(first_run):
@@ -64,12 +79,38 @@ def test_the_final_weights_equal_base_plus_the_logged_updates(first_run, tiny_mo
 
 
 def test_the_same_command_twice_gives_identical_metrics_and_weights(first_run, tmp_path):
-    second = run(tmp_path, "b")
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("time", "tokens_per_s")} for r in rs]
-    assert strip(read_metrics(second)) == strip(read_metrics(first_run))
-    a = load_file(str(first_run / "final" / "model.safetensors"))
-    b = load_file(str(second / "final" / "model.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    second = run(tmp_path, "b")  # no checkpoints, no eval: neither may change the result
+    without_eval = [{k: v for k, v in r.items() if k != "eval"} for r in without_timing(read_metrics(first_run))]
+    assert without_timing(read_metrics(second)) == without_eval
+    assert same_weights(final_weights(second), final_weights(first_run))
+
+
+def test_eval_of_the_exported_model_matches_the_in_training_eval(first_run):
+    from esvllm.eval import main as evaluate
+
+    in_training = read_metrics(first_run)[-1]["eval"]
+    standalone = evaluate(["--model", str(first_run / "final"), "--task", "conciseness", "--data_sample", "6",
+                           "--test_size", "4", "--global_seed", "3", "--max_tokens", "12", "--max_model_len", "128",
+                           "--precision", "float32", "--num_engines", "2"])
+    assert standalone == in_training
+    rows = [json.loads(l) for l in (first_run / "final" / "eval.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and {"prompt", "completion", "reward"} <= set(rows[0])
+
+
+def test_checkpoints_and_the_best_model_are_written(first_run):
+    from esvllm.checkpoint import latest_checkpoint, load_state
+
+    latest = latest_checkpoint(first_run)
+    state = load_state(latest)
+    assert state["iteration"] == 3 and len(state["updates"]) == 3
+    assert (latest / "model" / "model.safetensors").is_file()
+    assert len(list((first_run / "checkpoints").glob("iter_*"))) == 2  # --keep_checkpoints 2
+    assert (first_run / "best" / "model.safetensors").is_file()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(first_run))
+    events.Reload()
+    assert "eval/reward" in events.Tags()["scalars"]
 
 
 def test_engines_out_of_step_stop_the_run_with_both_checksums(engine_pair):

@@ -1,0 +1,139 @@
+"""Runs survive what goes wrong: a killed coordinator, a dead engine, a hung reward, SIGTERM, bad disks.
+
+Each disturbed run is compared with the undisturbed run of the same arguments (tests.test_training).
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+
+from esvllm.run import main
+from esvllm.runlog import read_metrics
+
+from .test_training import ARGS, final_weights, first_run, same_weights, without_timing  # noqa: F401
+
+pytestmark = pytest.mark.engine
+
+
+def start_run(output_dir, *extra):
+    """The training command in its own process (so it can be killed like a real run)."""
+    cmd = [sys.executable, "-m", "esvllm.run", *ARGS, "--output_dir", str(output_dir), *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_iterations(output_dir, count, process=None, timeout=240):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = list(output_dir.glob("*/metrics.jsonl"))
+        if runs and len(runs[0].read_text().splitlines()) >= count:
+            return runs[0].parent
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the run ended early:\n{process.stdout.read()[-3000:]}")
+        time.sleep(0.2)
+    raise AssertionError("the run did not reach the iteration in time")
+
+
+def descendants(pid):
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def test_resume_after_sigkill_mid_iteration_is_bit_identical(first_run, tmp_path, ray_session):
+    process = start_run(tmp_path, "--save_every", "1")
+    run_dir = wait_for_iterations(tmp_path, 2, process)
+    children = descendants(process.pid)
+    process.kill()  # SIGKILL: no handler runs; iteration 2 is in flight
+    process.wait()
+    for child in children:  # its private Ray would linger as orphans
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    assert not (run_dir / "final").exists()
+    resumed = main(["--resume", str(run_dir)])
+    records = read_metrics(resumed)
+    assert [r["iteration"] for r in records] == [0, 1, 2]  # each iteration exactly once
+    assert without_timing(records) == [
+        {k: v for k, v in r.items() if k != "eval"} for r in without_timing(read_metrics(first_run))
+    ]
+    assert same_weights(final_weights(resumed), final_weights(first_run))
+
+
+def test_sigterm_saves_a_checkpoint_and_leaves_no_process_behind(tmp_path):
+    process = start_run(tmp_path, "--num_iterations", "50", "--save_every", "0")
+    run_dir = wait_for_iterations(tmp_path, 1, process)
+    children = descendants(process.pid)
+    assert any("raylet" in " ".join(c.cmdline()) for c in children if c.is_running())
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output[-2000:]
+    assert "interrupted: checkpoint" in output
+    from esvllm.checkpoint import latest_checkpoint, load_state
+
+    state = load_state(latest_checkpoint(run_dir))
+    assert state["iteration"] == len(read_metrics(run_dir)) >= 1
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children):
+        time.sleep(0.5)
+    left = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert not left, [" ".join(c.cmdline())[:100] for c in left]
+
+
+def test_a_killed_engine_is_replaced_and_the_result_is_unchanged(first_run, tmp_path, ray_session):
+    import ray
+
+    def kill_engine_1_as_training_starts():
+        deadline = time.monotonic() + 240
+        while not list((tmp_path / "k").glob("*/engines.json")) and time.monotonic() < deadline:
+            time.sleep(0.05)  # engines.json appears when the engines are up and rollouts begin
+        name = next(n for n in ray.util.list_named_actors() if n.startswith("esvllm_engine_1_"))
+        ray.kill(ray.get_actor(name))
+
+    killer = threading.Thread(target=kill_engine_1_as_training_starts, daemon=True)
+    killer.start()
+    run_dir = main(ARGS + ["--output_dir", str(tmp_path / "k")])
+    killer.join(timeout=5)
+    records = read_metrics(run_dir)
+    assert sum(r["engine_restarts"] for r in records) == 1
+    assert all(r["checksum"] for r in records)  # the replacement agreed with engine 0 after every iteration
+    expected = [{k: v for k, v in r.items() if k != "eval"} for r in without_timing(read_metrics(first_run))]
+    assert without_timing(records) == expected
+    assert same_weights(final_weights(run_dir), final_weights(first_run))
+
+
+def test_a_hung_reward_is_cut_off_and_scored_with_the_fallback(tmp_path, ray_session, monkeypatch):
+    from rewards.data import task_splits
+
+    train, _ = task_splits("conciseness", None, 6, 4, 3)
+    monkeypatch.setenv("ESVLLM_TEST_HANG_PROMPT", train[0]["prompt"])
+    started = time.monotonic()
+    run_dir = main(ARGS + ["--output_dir", str(tmp_path), "--num_iterations", "1",
+                           "--reward", "tests.reward_helpers:hangs_on_one_prompt", "--reward_timeout", "2"])
+    elapsed = time.monotonic() - started
+    [record] = read_metrics(run_dir)
+    assert record["reward_timeouts"] == 4  # the hung prompt, once per member
+    assert elapsed < 600  # not an hour per stuck call
+
+
+def test_a_reward_that_always_raises_stops_the_run_with_its_exception(tmp_path, ray_session):
+    from esvllm.coordinator import RewardFailed
+
+    with pytest.raises(RewardFailed) as info:
+        main(ARGS + ["--output_dir", str(tmp_path), "--reward", "tests.reward_helpers:always_raises"])
+    assert "broken reward" in str(info.value.__cause__)
+
+
+def test_an_unwritable_output_directory_is_reported_before_start(tmp_path):
+    blocked = tmp_path / "file-not-dir"
+    blocked.write_text("")
+    with pytest.raises(SystemExit) as info:
+        main(ARGS + ["--output_dir", str(blocked / "runs")])
+    assert "file-not-dir" in str(info.value.code) and "cannot write" in str(info.value.code)
