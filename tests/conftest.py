@@ -41,3 +41,11 @@ def fresh_pair(ray_session, tiny_model):
     pool = start_pool(tiny_model, num_engines=2)
     yield pool.engines
     pool.shutdown()
+
+
+@pytest.fixture(scope="session")
+def first_run(ray_session, tmp_path_factory):
+    """The reference run (tests.helpers.ARGS plus checkpoints, eval and best-model export)."""
+    from .helpers import EXTRAS, run
+
+    return run(tmp_path_factory.mktemp("runs"), "a", EXTRAS)

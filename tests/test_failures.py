@@ -3,7 +3,6 @@
 Each disturbed run is compared with the undisturbed run of the same arguments (tests.test_training).
 """
 
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import pytest
 from esvllm.run import main
 from esvllm.runlog import read_metrics
 
-from .test_training import ARGS, final_weights, first_run, same_weights, without_timing  # noqa: F401
+from .helpers import ARGS, final_weights, same_weights, without_timing
 
 pytestmark = pytest.mark.engine
 

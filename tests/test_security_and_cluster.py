@@ -10,7 +10,7 @@ import time
 import psutil
 import pytest
 
-from .test_training import ARGS, final_weights, first_run, same_weights  # noqa: F401
+from .helpers import ARGS, final_weights, same_weights
 
 pytestmark = pytest.mark.engine
 LOOPBACK = ("127.", "::1", "::ffff:127.")

@@ -10,38 +10,11 @@ import torch
 from safetensors.torch import load_file
 
 from esvllm.noise import noise
-from esvllm.run import main
 from esvllm.runlog import read_metrics
 
+from .helpers import final_weights, run, same_weights, without_timing
+
 pytestmark = pytest.mark.engine
-
-ARGS = ["--model_name", "tiny", "--task", "conciseness", "--num_engines", "2", "--population_size", "4",
-        "--num_iterations", "3", "--sigma", "0.05", "--alpha", "0.01", "--data_sample", "6", "--test_size", "4",
-        "--max_tokens", "12", "--max_model_len", "128", "--global_seed", "3"]
-# Checkpoints, eval and best-model export must not change the trajectory: the first run uses them.
-EXTRAS = ["--save_every", "1", "--eval_every", "3", "--save_best"]
-
-
-def run(tmp_path, name, extra=()):
-    return main(ARGS + list(extra) + ["--output_dir", str(tmp_path / name)])
-
-
-def final_weights(run_dir):
-    return load_file(str(run_dir / "final" / "model.safetensors"))
-
-
-def same_weights(a, b):
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def without_timing(records):
-    volatile = ("time", "tokens_per_s", "engine_restarts")
-    return [{k: v for k, v in r.items() if k not in volatile} for r in records]
-
-
-@pytest.fixture(scope="module")
-def first_run(ray_session, tmp_path_factory):
-    return run(tmp_path_factory.mktemp("runs"), "a", EXTRAS)
 
 
 def test_a_run_leaves_metrics_tensorboard_and_a_final_model(first_run):

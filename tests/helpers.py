@@ -1,0 +1,29 @@
+"""Shared pieces of the training tests: the small run they all compare against."""
+
+import torch
+from safetensors.torch import load_file
+
+from esvllm.run import main
+
+ARGS = ["--model_name", "tiny", "--task", "conciseness", "--num_engines", "2", "--population_size", "4",
+        "--num_iterations", "3", "--sigma", "0.05", "--alpha", "0.01", "--data_sample", "6", "--test_size", "4",
+        "--max_tokens", "12", "--max_model_len", "128", "--global_seed", "3"]
+# Checkpoints, eval and best-model export must not change the trajectory: the first run uses them.
+EXTRAS = ["--save_every", "1", "--eval_every", "3", "--save_best"]
+
+
+def run(tmp_path, name, extra=()):
+    return main(ARGS + list(extra) + ["--output_dir", str(tmp_path / name)])
+
+
+def final_weights(run_dir):
+    return load_file(str(run_dir / "final" / "model.safetensors"))
+
+
+def same_weights(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def without_timing(records):
+    volatile = ("time", "tokens_per_s", "engine_restarts")
+    return [{k: v for k, v in r.items() if k not in volatile} for r in records]
