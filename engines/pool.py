@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import uuid
+
+from esvllm.noise import check_sigma
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class EngineOptions:
     """How the engines are created; validated before any engine starts."""
 
     device: str = "cpu"  # "cpu" or "cuda"
+    backend: str = "vllm"  # "vllm", or "hf" (transformers generate: the reference the paper started from)
     num_engines: int = 1
     cuda_devices: list[int] | None = None  # GPU ids, one engine each (device "cuda")
     dtype: str = "auto"  # model dtype in vLLM; "auto": float32 on CPU, bfloat16 on CUDA
@@ -57,6 +59,8 @@ class EngineOptions:
                     f"num_engines={self.num_engines} is more than the {cores} CPU cores here; "
                     f"use --num_engines {cores} or fewer"
                 )
+        if self.backend not in ("vllm", "hf"):
+            raise ValueError(f"engine backend {self.backend!r}: use 'vllm' or 'hf'")
         if self.master_dtype not in ("float32", "model"):
             raise ValueError(f"master_dtype {self.master_dtype!r}: use 'float32' or 'model'")
 
@@ -119,11 +123,6 @@ class EngineHandle:
         return self.call("generate", list(prompts), dict(sampling))
 
 
-def check_sigma(sigma) -> None:
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
-        raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
-
-
 def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None,
              verbose: bool = False) -> bool:
     """Join `address`, or start a private local Ray bound to 127.0.0.1 with no dashboard.
@@ -146,7 +145,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
     from ray._private import ray_constants
 
     ray_constants.ENABLE_RAY_CLUSTER = False
-    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
+    # address="local": always a new private instance, never another run's Ray found on this machine.
+    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
     return True
 
 
@@ -190,6 +190,7 @@ class EnginePool:
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+        from engines.hf_actor import HFEngineActor
         from engines.vllm_actor import VLLMEngineActor
 
         path = model_path or self.model_path
@@ -200,10 +201,11 @@ class EnginePool:
         else:
             resources = {"num_cpus": 1, "num_gpus": 1}
         strategy = PlacementGroupSchedulingStrategy(self.placement_group, placement_group_bundle_index=index)
-        actor = ray.remote(VLLMEngineActor).options(
+        actor_class = HFEngineActor if self.options.backend == "hf" else VLLMEngineActor
+        actor = ray.remote(actor_class).options(
             **resources, scheduling_strategy=strategy, runtime_env={"env_vars": env},
             name=f"esvllm_engine_{index}_{self.run_tag}",
-        ).remote(index, path, actor_options(path, self.options))
+        ).remote(index, path, actor_options(path, self.options, index))
         handle = EngineHandle(index, actor)
         handle.ready_ref = actor.ready.remote()
         return handle
@@ -229,9 +231,13 @@ def split_cores(num_engines: int) -> list[str]:
     return [",".join(str(c) for c in cores[i * share : (i + 1) * share]) for i in range(num_engines)]
 
 
-def actor_options(model_path: str, options: EngineOptions) -> dict:
-    """The `LLM(...)` keyword arguments and ES settings one engine actor is created with."""
+def actor_options(model_path: str, options: EngineOptions, index: int = 0) -> dict:
+    """The `LLM(...)` keyword arguments (or HF settings) and ES settings one engine actor gets."""
     dtype = options.model_dtype()
+    master = dtype if options.master_dtype == "model" else "float32"
+    if options.backend == "hf":
+        cores = [int(c) for c in split_cores(options.num_engines)[index].split(",")] if options.device == "cpu" else None
+        return {"dtype": dtype, "device": options.device, "cores": cores, "master_dtype": master}
     llm_kwargs = dict(dtype=dtype, max_model_len=options.max_model_len, max_num_seqs=options.max_num_seqs,
                       seed=options.seed, enable_prefix_caching=False)
     if options.device == "cpu":
@@ -239,7 +245,6 @@ def actor_options(model_path: str, options: EngineOptions) -> dict:
                           kv_cache_memory_bytes=kv_cache_bytes(model_path, dtype, options))
     else:
         llm_kwargs.update(gpu_memory_utilization=options.gpu_memory_utilization)
-    master = dtype if options.master_dtype == "model" else "float32"
     return {"llm_kwargs": llm_kwargs, "master_dtype": master}
 
 

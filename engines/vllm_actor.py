@@ -10,12 +10,14 @@ import logging
 import os
 import time
 
+from engines.actor_base import EngineActorBase
+
 logger = logging.getLogger(__name__)
 
 WORKER_EXTENSION = "engines.vllm_worker.ESWorkerExtension"
 
 
-class VLLMEngineActor:
+class VLLMEngineActor(EngineActorBase):
     """Wrapped with `ray.remote` by engines.pool; every method is one Ray call."""
 
     def __init__(self, index: int, model_path: str, options: dict):
@@ -27,14 +29,7 @@ class VLLMEngineActor:
         llm_kwargs = dict(options.get("llm_kwargs", {}))
         self.llm = LLM(model=model_path, worker_extension_cls=WORKER_EXTENSION, **llm_kwargs)
         self.info = self.llm.collective_rpc("es_init", args=(options.get("master_dtype", "float32"),))[0]
-        import ray
-
-        self.info.update(index=index, pid=os.getpid(), start_s=time.perf_counter() - started,
-                         cpu_bind=os.environ.get("VLLM_CPU_OMP_THREADS_BIND"),
-                         node_id=ray.get_runtime_context().get_node_id())
-
-    def ready(self) -> dict:
-        return self.info
+        self.describe(index, started, cpu_bind=os.environ.get("VLLM_CPU_OMP_THREADS_BIND"))
 
     def rpc(self, method: str, *args):
         return self.llm.collective_rpc(method, args=args)[0]
@@ -45,19 +40,6 @@ class VLLMEngineActor:
 
         outputs = self.llm.generate(prompts, SamplingParams(**sampling), use_tqdm=False)
         return [_completion(o.outputs[0]) for o in outputs]
-
-    def rollout(self, seed: int, sigma: float, prompts: list[str], sampling: dict) -> dict:
-        """One population member in one round trip: perturb, then generate.
-
-        No restore afterwards: the next perturb (or apply_update) writes every weight from the
-        master anyway, and on CPU each write costs a re-pack of the linear kernels.
-        """
-        t0 = time.perf_counter()
-        self.rpc("perturb", seed, sigma)
-        t1 = time.perf_counter()
-        completions = self.generate(prompts, sampling)
-        t2 = time.perf_counter()
-        return {"completions": completions, "perturb_s": t1 - t0, "generate_s": t2 - t1}
 
 
 def _completion(output) -> dict:

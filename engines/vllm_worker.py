@@ -1,7 +1,8 @@
 """ES verbs that run inside each vLLM worker, reached through `LLM.collective_rpc(name, args)`.
 
 Loaded by vLLM as `worker_extension_cls="engines.vllm_worker.ESWorkerExtension"`. The worker keeps
-an fp32 master copy of every HF tensor (the base weights) and writes the model's weights from it:
+an fp32 master copy of every HF tensor (the base weights; engines.es_state) and writes the model's
+weights from it:
 
     perturb(seed, sigma)   weights := base + sigma * eps(seed)
     restore()              weights := base, by copy from the master (bit-exact, no drift)
@@ -10,28 +11,21 @@ an fp32 master copy of every HF tensor (the base weights) and writes the model's
     export(path)           HF checkpoint of the base weights
     read_weights(names)    effective weights under HF names, read back through the compute kernels
 
-eps is `esvllm.noise.fill_noise`, the project's one noise definition.
+This module is the vLLM-specific part: where each HF tensor lives (engines.layout) and the CPU
+backend's packed kernels, re-packed after every write.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import math
-import os
-import shutil
 from pathlib import Path
 
 import torch
 
+from engines.es_state import ESState, load_checkpoint
 from engines.layout import Target, build_targets
-from esvllm.noise import fill_noise
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                    "special_tokens_map.json", "vocab.json", "merges.txt", "chat_template.jinja")
 
 
 class ESWorkerExtension:
@@ -43,95 +37,38 @@ class ESWorkerExtension:
         model = self.model_runner.model
         model_dir = Path(self.model_runner.model_config.model)
         device = next(p.device for p in model.parameters())
-        self._model_dir = model_dir
-        self._master = _load_checkpoint(model_dir, device, getattr(torch, master_dtype), model)
-        self._targets: list[Target] = build_targets(model, {k: tuple(v.shape) for k, v in self._master.items()})
+        tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
+        # A tied model's lm_head.weight is embed_tokens.weight: one tensor, one noise.
+        master = load_checkpoint(model_dir, device, getattr(torch, master_dtype), skip={"lm_head.weight"} if tied else ())
+        self._targets: list[Target] = build_targets(model, {k: tuple(v.shape) for k, v in master.items()})
         self._by_hf = {p.hf_name: (t, p) for t in self._targets for p in t.pieces}
-        largest = max(v.numel() for v in self._master.values())
-        self._eps = torch.empty(largest, dtype=torch.float32, device=device)
-        self._delta = torch.empty(largest, dtype=torch.float32, device=device)  # one update, all seeds
-        self._perturbation: tuple[int, float] | None = None
+        self._master = master
+        self._device = device
+        self._es = ESState(master, self._write_all, model_dir)
         return {
-            "tensors": len(self._master),
-            "parameters": sum(v.numel() for v in self._master.values()),
-            "master_bytes": sum(v.numel() * v.element_size() for v in self._master.values()),
+            **self._es.info(),
             "packed": [t.vllm_name for t in self._targets if t.packed_modules],
             "removed": [t.vllm_name for t in self._targets if t.removed],
-            "device": str(device),
         }
 
-    # ---- the ES verbs -------------------------------------------------------------------------
+    # ---- the ES verbs (engines.es_state), reached by collective_rpc ----------------------------
     def perturb(self, seed: int, sigma: float) -> dict:
-        _check_sigma(sigma)
-        self._write_all(lambda name, master, dst: self._add_noise(master, seed, name, sigma, dst))
-        self._perturbation = (int(seed), float(sigma))
-        return {"seed": int(seed), "sigma": float(sigma)}
+        return self._es.perturb(seed, sigma)
 
     def restore(self) -> dict:
-        self._write_all(lambda name, master, dst: dst.copy_(master))
-        self._perturbation = None
-        return {"restored": True}
+        return self._es.restore()
 
     def apply_update(self, pairs: list[tuple[int, float]]) -> dict:
-        """base += sum coeff * eps(seed), in the master's precision; the engine ends at the new base."""
-        pairs = [(int(s), float(c)) for s, c in pairs]
-        if not all(math.isfinite(c) for _, c in pairs):
-            raise ValueError(f"apply_update: non-finite coefficient in {pairs}")
-        squared_norm = 0.0
-        for name, master in self._master.items():
-            eps = self._eps[: master.numel()].view(master.shape)
-            delta = self._delta[: master.numel()].view(master.shape).zero_()
-            for seed, coeff in pairs:
-                delta.add_(fill_noise(eps, seed, name), alpha=coeff)
-            master.add_(delta)
-            squared_norm += float(torch.linalg.vector_norm(delta)) ** 2
-        self.restore()
-        return {"applied": len(pairs), "update_norm": math.sqrt(squared_norm)}
+        return self._es.apply_update(pairs)
 
     def checksum(self, base_only: bool = False) -> str:
-        """Digest of the master (bit-exact, order-sensitive per tensor) and, unless `base_only`, the
-        current perturbation."""
-        digest = hashlib.blake2b(digest_size=16)
-        for name, master in self._master.items():
-            ints = master.view(torch.int32) if master.element_size() == 4 else master.view(torch.int16)
-            weights = torch.arange(1, 8, device=ints.device, dtype=torch.int64)
-            flat = ints.reshape(-1)
-            # Two sums: plain, and weighted by position mod 7, so swapped elements change it too.
-            total = int(flat.sum(dtype=torch.int64))
-            positional = int((flat[: flat.numel() // 7 * 7].view(-1, 7).to(torch.int64) * weights).sum())
-            digest.update(f"{name}:{total}:{positional};".encode())
-        if not base_only:
-            digest.update(repr(self._perturbation).encode())
-        return digest.hexdigest()
+        return self._es.checksum(base_only)
 
     def export(self, path: str, dtype: str | None = None) -> str:
-        """Write the base weights as an HF checkpoint directory (atomically: temp dir, then rename)."""
-        from safetensors.torch import save_file
+        return self._es.export(path, dtype)
 
-        target = Path(path)
-        staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        out_dtype = getattr(torch, dtype) if dtype else next(iter(self._master.values())).dtype
-        tensors = {k: v.to(out_dtype).contiguous().cpu() for k, v in self._master.items()}
-        save_file(tensors, staging / "model.safetensors", metadata={"format": "pt"})
-        for name in CHECKPOINT_FILES:
-            if (self._model_dir / name).is_file():
-                shutil.copy2(self._model_dir / name, staging / name)
-        config = json.loads((staging / "config.json").read_text())
-        dtype_name = str(out_dtype).removeprefix("torch.")
-        for key in ("torch_dtype", "dtype"):
-            if key in config:
-                config[key] = dtype_name
-        (staging / "config.json").write_text(json.dumps(config, indent=2))
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.rename(target, old)
-            os.rename(staging, target)
-            shutil.rmtree(old)
-        else:
-            os.rename(staging, target)
-        return str(target)
+    def master_weights(self, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+        return self._es.master_weights(names)
 
     def read_weights(self, names: list[str] | None = None) -> dict[str, torch.Tensor]:
         """Effective weights (float32, CPU) under HF names; packed linears are read through their kernel."""
@@ -143,23 +80,13 @@ class ESWorkerExtension:
             out[name] = full[piece.offset : piece.offset + piece.shape[0]].float().cpu().clone()
         return out
 
-    def master_weights(self, names: list[str] | None = None) -> dict[str, torch.Tensor]:
-        return {n: self._master[n].float().cpu().clone() for n in names or list(self._master)}
-
     # ---- internals ----------------------------------------------------------------------------
-    def _add_noise(self, master, seed, name, sigma, dst):
-        eps = fill_noise(self._eps[: master.numel()].view(master.shape), seed, name)
-        if dst.dtype == torch.float32 and master.dtype == torch.float32:
-            torch.add(master, eps, alpha=sigma, out=dst)
-        else:
-            dst.copy_(eps.mul_(sigma).add_(master))
-
     def _write_all(self, write) -> None:
         """For every target: write each HF piece with `write(name, master, dst)`, then re-pack."""
         with torch.no_grad():
             for target in self._targets:
                 if target.removed:
-                    full = torch.empty(target.shape, dtype=target.dtype, device=self._eps.device)
+                    full = torch.empty(target.shape, dtype=target.dtype, device=self._device)
                 else:
                     full = target.param().data
                 for piece in target.pieces:
@@ -183,16 +110,6 @@ class ESWorkerExtension:
         return value
 
 
-def _return_freed_memory() -> None:
-    """Re-packing frees and reallocates whole kernels; hand the freed pages back so RSS stays flat."""
-    import ctypes
-
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:  # not glibc: nothing to trim
-        pass
-
-
 def _repack(target: Target) -> None:
     if not target.packed_modules:
         return
@@ -208,26 +125,3 @@ def _read_through_kernel(module: torch.nn.Module, in_features: int, dtype: torch
     """W from the packed kernel itself: cpu_linear(I) = I @ W^T."""
     eye = torch.eye(in_features, dtype=dtype)
     return module.cpu_linear(eye, module.weight, None).t().contiguous()
-
-
-def _check_sigma(sigma: float) -> None:
-    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
-        raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
-
-
-def _load_checkpoint(model_dir: Path, device, dtype, model) -> dict[str, torch.Tensor]:
-    """The checkpoint's tensors (safetensors only: nothing is unpickled), in the master dtype."""
-    from safetensors import safe_open
-
-    files = sorted(model_dir.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors in {model_dir}: ES needs a safetensors checkpoint")
-    tied = getattr(model.config, "tie_word_embeddings", False) if hasattr(model, "config") else False
-    master = {}
-    for file in files:
-        with safe_open(str(file), framework="pt", device="cpu") as handle:
-            for key in handle.keys():
-                if tied and key == "lm_head.weight":
-                    continue  # the same tensor as embed_tokens in a tied model
-                master[key] = handle.get_tensor(key).to(device=device, dtype=dtype)
-    return master

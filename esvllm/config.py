@@ -45,6 +45,7 @@ class RunConfig:
     temperature: float = field(0.0, "sampling temperature; 0 is greedy, as the paper")
     max_tokens: int = field(1024, "most tokens generated per completion")
     # engines
+    engine: str = field("vllm", "engine backend: vllm, or hf (transformers generate, the paper's original way)")
     device: str = field("auto", "cpu, cuda, or auto (cuda when --cuda_devices is given)")
     cuda_devices: str | None = field(None, "comma-separated GPU ids, one engine each, e.g. 0,1,2,3")
     num_engines: int = field(1, "engines on CPU (each gets its own cores)")
@@ -90,6 +91,8 @@ class RunConfig:
             bad("save_best", self.save_best, "needs --eval_every K to know which model is best")
         if self.temperature < 0:
             bad("temperature", self.temperature, "must be >= 0 (0 is greedy)")
+        if self.engine not in ("vllm", "hf"):
+            bad("engine", self.engine, "use vllm or hf")
         if self.device not in ("auto", "cpu", "cuda"):
             bad("device", self.device, "use cpu, cuda or auto")
         if self.precision not in ("auto", "bfloat16", "float16", "float32"):

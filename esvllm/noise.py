@@ -24,6 +24,14 @@ if TYPE_CHECKING:  # torch stays out of the core's import path (`--help` must be
 MAX_SEED = 2**31 - 1
 
 
+def check_sigma(sigma) -> None:
+    """sigma must be a finite number > 0 (checked before any engine call)."""
+    import math
+
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
+        raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
+
+
 def stream_seed(seed: int, name: str) -> int:
     """The generator seed of tensor `name` for population member `seed`."""
     if not 0 <= int(seed) <= MAX_SEED:

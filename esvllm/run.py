@@ -112,7 +112,7 @@ def train(config: RunConfig) -> Path:
     print(f"run directory: {run_dir}" + (f" (resuming at iteration {start})" if config.resume else ""), flush=True)
 
     options = EngineOptions(
-        device=config.resolved_device, num_engines=config.num_engines, cuda_devices=config.gpu_ids or None,
+        device=config.resolved_device, backend=config.engine, num_engines=config.num_engines, cuda_devices=config.gpu_ids or None,
         dtype=config.precision, master_dtype=config.master_dtype, max_model_len=config.max_model_len,
         seed=config.global_seed,
     )

@@ -1,0 +1,76 @@
+"""The reference backend (`--engine hf`): ES with Hugging Face transformers generation.
+
+It runs ES the way the paper's original (pre-vLLM) scripts do: one model copy per worker, batched
+`model.generate`, weights perturbed in place. The ES state (fp32 master, noise, update, checksum,
+export) is the same `engines.es_state.ESState` as the vLLM engines use, so both backends compute
+bit-identical weights for the same seeds and coefficients; only generation differs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from engines.actor_base import EngineActorBase
+
+
+class HFEngineActor(EngineActorBase):
+    def __init__(self, index: int, model_path: str, options: dict):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from engines.es_state import ESState, load_checkpoint
+
+        started = time.perf_counter()
+        cores = options.get("cores")
+        if cores:  # this engine's share of the machine, like the vLLM engines' thread binding
+            os.sched_setaffinity(0, cores)
+            torch.set_num_threads(len(cores))
+        self.device = "cuda" if options.get("device") == "cuda" else "cpu"
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, options["dtype"]))
+        self.model = self.model.to(self.device).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.tokenizer.padding_side = "left"
+        self.params = dict(self.model.named_parameters())  # tied lm_head is listed once, as embed_tokens
+        tied = getattr(self.model.config, "tie_word_embeddings", False)
+        master = load_checkpoint(model_path, self.device, getattr(torch, options.get("master_dtype", "float32")),
+                                 skip={"lm_head.weight"} if tied else ())
+        missing = set(self.params) ^ set(master)
+        if missing:
+            raise ValueError(f"checkpoint and model tensors differ: {sorted(missing)[:5]}")
+        self.es = ESState(master, self._write_all, model_path)
+        self.info = self.es.info()
+        self.describe(index, started, cpu_bind=",".join(map(str, cores or [])), backend="hf")
+
+    def _write_all(self, write) -> None:
+        import torch
+
+        with torch.no_grad():
+            for name, master in self.es._master.items():
+                write(name, master, self.params[name].data)
+
+    def rpc(self, method: str, *args):
+        if method == "read_weights":
+            names = args[0] if args else None
+            return {n: self.params[n].detach().float().cpu().clone() for n in names or list(self.params)}
+        return getattr(self.es, method)(*args)
+
+    def generate(self, prompts: list[str], sampling: dict) -> list[dict]:
+        import torch
+
+        batch = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
+        eos = self.tokenizer.eos_token_id
+        greedy = sampling.get("temperature", 0.0) == 0
+        if not greedy and "seed" in sampling:
+            torch.manual_seed(sampling["seed"])
+        with torch.no_grad():
+            out = self.model.generate(**batch, max_new_tokens=sampling["max_tokens"], do_sample=not greedy,
+                                      temperature=None if greedy else sampling["temperature"],
+                                      top_p=None, top_k=None, pad_token_id=self.tokenizer.pad_token_id,
+                                      eos_token_id=eos)
+        completions = []
+        for row in out[:, batch["input_ids"].shape[1]:].tolist():
+            tokens = row[: row.index(eos) + 1] if eos in row else row  # like vLLM: the EOS counts
+            text = self.tokenizer.decode([t for t in tokens if t != eos], skip_special_tokens=True)
+            completions.append({"text": text, "tokens": len(tokens)})
+        return completions

@@ -1,0 +1,44 @@
+"""The reference backend (transformers generate) computes the same ES weights as the vLLM engines."""
+
+import pytest
+import torch
+
+from .conftest import start_pool
+
+pytestmark = pytest.mark.engine
+
+
+@pytest.fixture(scope="module")
+def hf_and_vllm(ray_session, tiny_model):
+    hf = start_pool(tiny_model, num_engines=1, backend="hf")
+    vllm = start_pool(tiny_model, num_engines=1)
+    yield hf.engines[0], vllm.engines[0]
+    hf.shutdown()
+    vllm.shutdown()
+
+
+def test_both_backends_perturb_to_identical_weights(hf_and_vllm):
+    hf, vllm = hf_and_vllm
+    for engine in (hf, vllm):
+        engine.perturb(2024, 0.02)
+    a, b = hf.read_weights(), vllm.read_weights()
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_both_backends_apply_the_same_update_bit_for_bit(hf_and_vllm):
+    hf, vllm = hf_and_vllm
+    pairs = [(7, 3e-3), (8, -2e-3), (9, 1e-5)]
+    for engine in (hf, vllm):
+        engine.apply_update(pairs)
+    assert hf.checksum() == vllm.checksum()
+    a, b = hf.master_weights(), vllm.master_weights()
+    assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_the_hf_backend_generates_greedy_text_that_stops_at_eos(hf_and_vllm):
+    hf, _ = hf_and_vllm
+    out = hf.generate(["word of 4 letters after abcdef:", "12+7="], {"temperature": 0.0, "max_tokens": 16})
+    assert len(out) == 2 and all(1 <= c["tokens"] <= 16 for c in out)
+    assert out == hf.generate(["word of 4 letters after abcdef:", "12+7="], {"temperature": 0.0, "max_tokens": 16})
