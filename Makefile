@@ -13,7 +13,7 @@ PORT    ?= 6006
 DATA    ?=
 GPU_FLAGS = --cuda_devices $(CUDA_DEVICES) $(if $(MODEL),--model_name $(MODEL)) $(if $(DATA),--data $(DATA))
 
-.PHONY: install demo test bench-engine tensorboard countdown conciseness clean
+.PHONY: install demo test bench bench-engine tensorboard countdown conciseness clean
 
 install: $(STAMP)
 
@@ -42,6 +42,9 @@ tensorboard: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(if $(HAS_GPU),,-m "not gpu") $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) -m esvllm.bench --out bench
 
 bench-engine: $(STAMP)
 	$(PY) -m esvllm.bench_engine --json bench/engine.json

@@ -28,6 +28,10 @@ from esvllm.es import member_seeds, update_coefficients
 
 logger = logging.getLogger(__name__)
 
+# Members queued per engine: the next one starts the moment the last finishes, without waiting for
+# the coordinator's round trip; small, so a slow engine holds back at most one extra member.
+PIPELINE_DEPTH = 2
+
 
 class EnginesDisagree(RuntimeError):
     """Engines that should hold the same weights report different checksums."""
@@ -58,6 +62,7 @@ class Coordinator:
         self.updates = [list(zip(r["seeds"], r["coefficients"])) for r in self.records]
         # The weights engines start from, and how many logged iterations they already include.
         self.weights_path, self.weights_iteration = weights or (pool.model_path, 0)
+        self.extra_sampling: dict = {}  # e.g. {"ignore_eos": True} for fixed-length benchmarks
         self.restarts_between = 0  # engines replaced outside rollouts, counted in the next record
         self.best_eval = max((r["eval"]["reward"] for r in self.records if "eval" in r), default=None)
 
@@ -73,7 +78,8 @@ class Coordinator:
         return random.Random(f"{self.config.global_seed}/{iteration}/batch").sample(self.train, size)
 
     def sampling(self, seed: int) -> dict:
-        params = {"temperature": self.config.temperature, "max_tokens": self.config.max_tokens}
+        params = {"temperature": self.config.temperature, "max_tokens": self.config.max_tokens,
+                  **self.extra_sampling}
         if self.config.temperature > 0:
             params["seed"] = seed  # reproducible sampling per member
         return params
@@ -140,8 +146,9 @@ class Coordinator:
             pending[ref] = (engine, member)
 
         for engine in list(self.engines):
-            if queue:
-                submit(engine)
+            for _ in range(PIPELINE_DEPTH):
+                if queue:
+                    submit(engine)
         bar = _progress(len(seeds), f"iter {iteration}", self.progress)
         while pending:
             [ref], _ = ray.wait(list(pending), num_returns=1)
@@ -156,19 +163,21 @@ class Coordinator:
                         raise NoEngineLeft(f"iteration {iteration}: every engine died and none could be "
                                            f"started again; checkpoint saved in {self.run_dir}") from exc
                     continue
-                logger.warning("%s; member %d goes back in the queue and a new engine starts", exc, member)
                 queue.appendleft(member)
-                replacement = self.replace(engine)
-                timing["engine_restarts"] += 1
-                pending[replacement.ready_ref] = (replacement, None)
+                if engine in self.engines:  # its other queued call fails too: replace it once
+                    logger.warning("%s; its members go back in the queue and a new engine starts", exc)
+                    replacement = self.replace(engine)
+                    timing["engine_restarts"] += 1
+                    pending[replacement.ready_ref] = (replacement, None)
                 continue
             if member is None:  # a replacement engine is up: bring it to the current weights
                 self.catch_up(engine, result)
-                if queue:
-                    submit(engine)
+                for _ in range(PIPELINE_DEPTH):
+                    if queue:
+                        submit(engine)
                 continue
             if queue:
-                submit(engine)  # before scoring: the engine must not wait on the coordinator
+                submit(engine)  # refill before scoring: the engine must not wait on the coordinator
             t0 = time.perf_counter()
             scored[member] = self.score(result["completions"], samples)
             timing["score_s"] += time.perf_counter() - t0

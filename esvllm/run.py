@@ -112,8 +112,8 @@ def train(config: RunConfig) -> Path:
     print(f"run directory: {run_dir}" + (f" (resuming at iteration {start})" if config.resume else ""), flush=True)
 
     options = EngineOptions(
-        device=config.resolved_device, backend=config.engine, num_engines=config.num_engines, cuda_devices=config.gpu_ids or None,
-        dtype=config.precision, master_dtype=config.master_dtype, max_model_len=config.max_model_len,
+        device=config.resolved_device, backend=config.engine, num_engines=config.num_engines,
+        cuda_devices=config.gpu_ids or None, dtype=config.precision, master_dtype=config.master_dtype, max_model_len=config.max_model_len,
         seed=config.global_seed,
     )
     owns_ray = init_ray(config.ray_address, verbose=config.verbose,

@@ -1,0 +1,247 @@
+"""ES throughput against pure inference and against the reference HF backend, in one run.
+
+    make bench                      # CPU, tiny and small built-in models; writes bench/results.*
+    python -m esvllm.bench --quick  # fewer configurations
+
+Figures (medians over --iterations ES iterations, after one warm-up iteration):
+1. ES efficiency: tokens/s of full ES iterations / tokens/s of plain vLLM `generate` on the same
+   engines, same requests, same batch shapes (one member's prompts per call). Fixed-length outputs
+   (ignore_eos) so both generate exactly the same number of tokens.
+2. Batching headroom: the same ES tokens/s / plain vLLM generating all members' requests at once.
+3. vLLM vs HF backend: seconds per ES iteration with realistic (variable-length) outputs.
+4. Where the time goes: perturb, generate, update, sync, scoring, coordinator idle.
+5. Scaling: iteration time vs population, engines and model size.
+6. Memory: peak resident memory per engine and of the coordinator, vs model weight bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+OUT = Path("bench")
+
+
+def vm_hwm(pid: int) -> int:
+    """Peak resident memory of a process (VmHWM), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def weight_bytes(model_path: str) -> int:
+    return sum(p.stat().st_size for p in Path(model_path).glob("*.safetensors"))
+
+
+class Bench:
+    def __init__(self, iterations: int, prompts: int, max_tokens: int):
+        from rewards.data import task_splits
+
+        self.iterations, self.max_tokens = iterations, max_tokens
+        self.samples = task_splits("conciseness", None, prompts, 0, 0)[0]
+        self.rows: list[dict] = []
+
+    def config(self, population: int, engines: int, engine: str):
+        from esvllm.config import RunConfig
+
+        return RunConfig(model_name="tiny", task="conciseness", population_size=population, num_engines=engines,
+                         sigma=0.01, alpha=0.005, max_tokens=self.max_tokens, data_sample=len(self.samples),
+                         test_size=0, engine=engine, num_iterations=self.iterations + 1, max_model_len=256)
+
+    def es_iterations(self, pool, config, fixed_length: bool) -> list[dict]:
+        from esvllm.coordinator import Coordinator
+        from esvllm.scoring import Scorer
+
+        coordinator = Coordinator(config, pool, self.samples, Scorer("conciseness"), progress=False)
+        if fixed_length:
+            coordinator.extra_sampling = {"ignore_eos": True}
+        records = []
+        for i in range(config.num_iterations):
+            records.append(coordinator.step(i))
+            coordinator.records.append(records[-1])
+        return records[1:]  # the first is warm-up
+
+    def plain_generate(self, pool, population: int, all_at_once: bool) -> float:
+        """tokens/s of vLLM generating the population's requests without ES, on the same engines."""
+        import ray
+
+        prompts = [s["prompt"] for s in self.samples]
+        sampling = {"temperature": 0.0, "max_tokens": self.max_tokens, "ignore_eos": True}
+        engines = pool.engines
+        shares = [population // len(engines) + (i < population % len(engines)) for i in range(len(engines))]
+        samples = []
+        for _ in range(self.iterations):
+            started = time.perf_counter()
+            if all_at_once:
+                refs = [e.submit("generate", prompts * n, sampling) for e, n in zip(engines, shares)]
+                outs = [c for r in ray.get(refs) for c in r]
+            else:  # one member's batch per call, engines in parallel, as ES dispatches them
+                outs, pending = [], {e.submit("generate", prompts, sampling): (e, n - 1) for e, n in zip(engines, shares) if n}
+                while pending:
+                    [ref], _ = ray.wait(list(pending), num_returns=1)
+                    engine, left = pending.pop(ref)
+                    outs += ray.get(ref)
+                    if left:
+                        pending[engine.submit("generate", prompts, sampling)] = (engine, left - 1)
+            samples.append(sum(c["tokens"] for c in outs) / (time.perf_counter() - started))
+        return statistics.median(samples)
+
+
+def breakdown(records: list[dict], engines: int) -> dict:
+    """Median seconds per phase, and the share of engine time lost waiting on the coordinator."""
+    med = lambda key: statistics.median(r["time"][key] for r in records)
+    idle = []
+    for r in records:
+        t = r["time"]
+        busy = t["perturb_s"] + t["generate_s"] + engines * (t["update_s"] + t["sync_s"])
+        idle.append(1 - busy / (engines * t["iteration_s"]))
+    return {"iteration_s": med("iteration_s"), "perturb_s": med("perturb_s"), "generate_s": med("generate_s"),
+            "update_s": med("update_s"), "sync_s": med("sync_s"), "score_s": med("score_s"),
+            "coordinator_idle": statistics.median(idle)}
+
+
+def run_model(bench: Bench, model: str, population: int, engines: int, scaling_pops: list[int]) -> dict:
+    from engines.pool import EngineOptions, EnginePool
+    from esvllm.models import resolve_model
+
+    path = resolve_model(model)
+    result = {"model": model, "weight_bytes": weight_bytes(path), "population": population, "engines": engines}
+    for backend in ("vllm", "hf"):
+        pool = EnginePool.start(path, EngineOptions(num_engines=engines, backend=backend, max_model_len=256))
+        try:
+            config = bench.config(population, engines, backend)
+            realistic = bench.es_iterations(pool, config, fixed_length=False)
+            result[f"{backend}_iteration_s"] = statistics.median(r["time"]["iteration_s"] for r in realistic)
+            result[f"{backend}_engine_peak_rss"] = max(vm_hwm(e.info["pid"]) for e in pool.engines)
+            if backend == "vllm":
+                fixed = bench.es_iterations(pool, config, fixed_length=True)
+                es_tps = statistics.median(r["tokens_per_s"] * r["time"]["rollout_s"] / r["time"]["iteration_s"] for r in fixed)
+                result.update(es_tokens_per_s=es_tps,
+                              plain_tokens_per_s=bench.plain_generate(pool, population, all_at_once=False),
+                              all_at_once_tokens_per_s=bench.plain_generate(pool, population, all_at_once=True),
+                              breakdown=breakdown(fixed, engines))
+                result["efficiency"] = es_tps / result["plain_tokens_per_s"]
+                result["batching_headroom"] = es_tps / result["all_at_once_tokens_per_s"]
+                result["scaling"] = {}
+                for n in scaling_pops:
+                    recs = bench.es_iterations(pool, bench.config(n, engines, backend), fixed_length=False)
+                    result["scaling"][n] = statistics.median(r["time"]["iteration_s"] for r in recs)
+        finally:
+            pool.shutdown()
+    result["hf_over_vllm"] = result["hf_iteration_s"] / result["vllm_iteration_s"]
+    print(json.dumps({k: v for k, v in result.items() if k != "scaling"}), file=sys.stderr, flush=True)
+    return result
+
+
+def engines_scaling(bench: Bench, model: str, population: int) -> dict:
+    from engines.pool import EngineOptions, EnginePool
+    from esvllm.models import resolve_model
+
+    out = {}
+    for engines in (1, 2):
+        pool = EnginePool.start(resolve_model(model), EngineOptions(num_engines=engines, max_model_len=256))
+        try:
+            recs = bench.es_iterations(pool, bench.config(population, engines, "vllm"), fixed_length=False)
+            out[engines] = statistics.median(r["time"]["iteration_s"] for r in recs)
+        finally:
+            pool.shutdown()
+    return out
+
+
+def markdown(results: dict) -> str:
+    lines = ["| model | weights | N | ES tok/s | plain tok/s | efficiency (≥0.95) | all-at-once tok/s | batching headroom | "
+             "s/iter vLLM | s/iter HF | HF / vLLM | coordinator idle (<2%) | engine peak RSS / weights |",
+             "|" + "---|" * 13]
+    for r in results["models"]:
+        b = r["breakdown"]
+        lines.append(
+            f"| {r['model']} | {r['weight_bytes'] / 2**20:.1f} MiB | {r['population']} | {r['es_tokens_per_s']:.0f} | "
+            f"{r['plain_tokens_per_s']:.0f} | {r['efficiency']:.2f} | {r['all_at_once_tokens_per_s']:.0f} | "
+            f"{r['batching_headroom']:.2f} | {r['vllm_iteration_s']:.2f} | {r['hf_iteration_s']:.2f} | "
+            f"{r['hf_over_vllm']:.2f}x | {b['coordinator_idle']:.1%} | "
+            f"{r['vllm_engine_peak_rss'] / r['weight_bytes']:.1f} |")
+    lines += ["", "Seconds per ES iteration by phase (medians; perturb and generate summed over members):", "",
+              "| model | iteration | perturb | generate | update | sync | scoring |", "|---|---|---|---|---|---|---|"]
+    for r in results["models"]:
+        b = r["breakdown"]
+        lines.append(f"| {r['model']} | {b['iteration_s']:.2f} | {b['perturb_s']:.2f} | {b['generate_s']:.2f} | "
+                     f"{b['update_s']:.3f} | {b['sync_s']:.3f} | {b['score_s']:.3f} |")
+    lines += ["", "Scaling (seconds per iteration):", ""]
+    for r in results["models"]:
+        lines.append(f"- {r['model']}, population: " + ", ".join(f"N={n}: {s:.2f}" for n, s in r["scaling"].items()))
+    lines.append(f"- {results['engines_scaling_model']}, engines: " +
+                 ", ".join(f"{e} engine(s): {s:.2f}" for e, s in results["engines_scaling"].items()))
+    lines.append(f"- coordinator peak RSS: {results['coordinator_peak_rss'] / 2**20:.0f} MiB")
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    for r in results["models"]:
+        pops = sorted(int(n) for n in r["scaling"])
+        left.plot(pops, [r["scaling"][n] if n in r["scaling"] else r["scaling"][str(n)] for n in pops], "o-", label=r["model"])
+    left.set_xlabel("population size N")
+    left.set_ylabel("seconds per ES iteration (vLLM)")
+    left.set_xscale("log", base=2)
+    left.legend()
+    left.grid(alpha=0.3)
+    names = [r["model"] for r in results["models"]]
+    x = range(len(names))
+    right.bar([i - 0.2 for i in x], [r["vllm_iteration_s"] for r in results["models"]], 0.4, label="vLLM engines")
+    right.bar([i + 0.2 for i in x], [r["hf_iteration_s"] for r in results["models"]], 0.4, label="HF backend")
+    right.set_xticks(list(x), names)
+    right.set_ylabel("seconds per ES iteration")
+    right.legend()
+    right.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["tiny", "small"])
+    parser.add_argument("--population", type=int, default=16)
+    parser.add_argument("--engines", type=int, default=2)
+    parser.add_argument("--prompts", type=int, default=16, help="prompts per member")
+    parser.add_argument("--max_tokens", type=int, default=32)
+    parser.add_argument("--iterations", type=int, default=3, help="timed iterations per figure (after a warm-up)")
+    parser.add_argument("--scaling", type=int, nargs="*", default=[8, 16, 32, 64])
+    parser.add_argument("--out", default=str(OUT))
+    args = parser.parse_args(argv)
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    from engines.pool import init_ray
+
+    init_ray(num_cpus=2)
+    bench = Bench(args.iterations, args.prompts, args.max_tokens)
+    results = {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores",
+               "settings": vars(args), "models": []}
+    for model in args.models:
+        scaling = args.scaling if model == args.models[0] else [n for n in args.scaling if n <= args.population]
+        results["models"].append(run_model(bench, model, args.population, args.engines, scaling))
+    results["engines_scaling_model"] = args.models[-1]
+    results["engines_scaling"] = engines_scaling(bench, args.models[-1], args.population)
+    results["coordinator_peak_rss"] = vm_hwm(os.getpid())
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    table = markdown(results)
+    (out / "results.md").write_text(table + "\n")
+    plot(results, out / "results.png")
+    print(table)
+    return results
+
+
+if __name__ == "__main__":
+    main()
