@@ -150,18 +150,31 @@ class Coordinator:
                 if queue:
                     submit(engine)
         bar = _progress(len(seeds), f"iter {iteration}", self.progress)
+        scoring: dict = {}  # member -> Future of its score (background only with --reward_timeout)
+
+        def collect(block: bool) -> None:
+            for member in [m for m, f in scoring.items() if block or f.done()]:
+                scored[member] = scoring.pop(member).result()
+                scored[member]["tokens"] = tokens[member]
+                timing["score_s"] += scored[member]["score_s"]
+                bar.update(1)
+                bar.set_postfix(reward=f"{scored[member]['reward']:.3f}")
+
+        tokens: dict = {}
         while pending:
-            [ref], _ = ray.wait(list(pending), num_returns=1)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.05 if scoring else None)
+            collect(block=False)
+            if not ready:
+                continue
+            ref = ready[0]
             engine, member = pending.pop(ref)
             try:
                 result = engine.wait(ref)
             except EngineDiedError as exc:
                 if member is None:  # a replacement could not start: no second try
                     logger.error("replacement %s failed to start: %s", engine, exc)
-                    if not self.engines and not pending:
-                        self.save(with_weights=False)
-                        raise NoEngineLeft(f"iteration {iteration}: every engine died and none could be "
-                                           f"started again; checkpoint saved in {self.run_dir}") from exc
+                    if not pending:
+                        self.stop_if_no_engine(exc)
                     continue
                 queue.appendleft(member)
                 if engine in self.engines:  # its other queued call fails too: replace it once
@@ -178,23 +191,16 @@ class Coordinator:
                 continue
             if queue:
                 submit(engine)  # refill before scoring: the engine must not wait on the coordinator
-            t0 = time.perf_counter()
-            scored[member] = self.score(result["completions"], samples)
-            timing["score_s"] += time.perf_counter() - t0
+            tokens[member] = sum(c["tokens"] for c in result["completions"])
+            scoring[member] = self.scorer.submit([c["text"] for c in result["completions"]], samples)
             timing["perturb_s"] += result["perturb_s"]
             timing["generate_s"] += result["generate_s"]
-            bar.update(1)
-            bar.set_postfix(reward=f"{scored[member]['reward']:.3f}")
+        collect(block=True)
         bar.close()
         timing["rollout_s"] = time.perf_counter() - started
         if all(m["errors"] == len(samples) for m in scored):
             raise RewardFailed(f"iteration {iteration}: the reward raised on every sample") from scored[0]["error"]
         return scored, timing
-
-    def score(self, completions: list[dict], samples: list[dict]) -> dict:
-        out = self.scorer.score([c["text"] for c in completions], samples)
-        out["tokens"] = sum(c["tokens"] for c in completions)
-        return out
 
     def broadcast(self, method: str, *args) -> list:
         """The same RPC on every engine; an engine that died meanwhile is replaced and asked again."""
@@ -207,7 +213,12 @@ class Coordinator:
                 logger.warning("%s during %s; starting a new engine", exc, method)
                 replacement = self.replace(engine)
                 self.restarts_between += 1
-                self.catch_up(replacement, replacement.wait(replacement.ready_ref), verify=False)
+                try:
+                    info = replacement.wait(replacement.ready_ref)
+                except EngineDiedError as failed:
+                    self.stop_if_no_engine(failed)
+                    continue
+                self.catch_up(replacement, info, verify=False)
                 results.append(replacement.call("rpc", method, *args))
         return results
 
@@ -223,6 +234,14 @@ class Coordinator:
         """Drop a dead engine and start a new one in its place from the latest exported weights."""
         self.pool.engines = [e for e in self.engines if e is not dead]
         return self.pool.spawn(dead.index, self.weights_path)
+
+    def stop_if_no_engine(self, error: Exception) -> None:
+        """With no engine left, save what is known (the update log since the last export) and stop."""
+        if self.engines:
+            return
+        path = self.save(with_weights=False)
+        raise NoEngineLeft(f"after iteration {len(self.records) - 1} every engine died and none could be "
+                           f"started again ({error}); checkpoint saved: {path}") from error
 
     def catch_up(self, engine, info: dict, verify: bool = True) -> None:
         """Replay the update log since the exported weights, then require the others' base checksum

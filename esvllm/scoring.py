@@ -1,16 +1,20 @@
 """Scoring completions with the reward function, in this process or in killable worker processes.
 
 Without a timeout, rewards run inline (fast, nothing to set up). With `--reward_timeout T`, each call
-runs in one of a few worker processes; a call that exceeds T seconds is scored with the fallback,
-its worker is killed and replaced, and the other workers keep scoring meanwhile.
+runs in a worker process; a call that exceeds T seconds is scored with the fallback and its worker is
+killed and replaced. Members are then scored in background threads (`submit`), each with its own
+pair of workers, so a stuck call holds up neither the other members' scoring nor the dispatch of
+members to engines.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import queue
 import statistics
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.connection import wait
 
 
@@ -23,17 +27,37 @@ def call_reward(fn, completion: str, sample: dict) -> tuple[float, dict]:
 
 
 class Scorer:
-    def __init__(self, reward_spec: str, fallback: float = 0.0, timeout: float | None = None, workers: int = 2):
+    def __init__(self, reward_spec: str, fallback: float = 0.0, timeout: float | None = None,
+                 workers: int = 2, concurrent_members: int = 3):
         from rewards import resolve_reward
 
         self.fallback = fallback
         self.fn = resolve_reward(reward_spec)
-        self.pool = RewardProcesses(reward_spec, workers, timeout) if timeout else None
+        self.pools: queue.Queue | None = None
+        self.executor = None
+        if timeout:
+            self.pools = queue.Queue()
+            for _ in range(concurrent_members):
+                self.pools.put(RewardProcesses(reward_spec, workers, timeout))
+            self.executor = ThreadPoolExecutor(concurrent_members, thread_name_prefix="reward")
+
+    def submit(self, completions: list[str], samples: list[dict]) -> Future:
+        """`score` in the background when rewards have a timeout; at once (a done future) otherwise."""
+        if self.executor is None:
+            future: Future = Future()
+            future.set_result(self.score(completions, samples))
+            return future
+        return self.executor.submit(self.score, completions, samples)
 
     def score(self, completions: list[str], samples: list[dict]) -> dict:
         """Mean reward over the prompts of one member, component means, error and timeout counts."""
-        if self.pool:
-            outcomes = self.pool.run(list(zip(completions, samples)))
+        started = time.perf_counter()
+        if self.pools is not None:
+            pool = self.pools.get()
+            try:
+                outcomes = pool.run(list(zip(completions, samples)))
+            finally:
+                self.pools.put(pool)
         else:
             outcomes = []
             for completion, sample in zip(completions, samples):
@@ -56,12 +80,15 @@ class Scorer:
             values.append(value)
             per_sample.append({"status": status, **parts})
         return {"reward": statistics.fmean(values), "values": values, "per_sample": per_sample,
+                "score_s": time.perf_counter() - started,
                 "components": {k: statistics.fmean(v) for k, v in components.items()},
                 "errors": errors, "timeouts": timeouts, "error": last_error}
 
     def close(self) -> None:
-        if self.pool:
-            self.pool.close()
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            while not self.pools.empty():
+                self.pools.get().close()
 
 
 def _serve(conn, reward_spec: str) -> None:

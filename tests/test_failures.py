@@ -87,17 +87,7 @@ def test_sigterm_saves_a_checkpoint_and_leaves_no_process_behind(tmp_path):
 
 
 def test_a_killed_engine_is_replaced_and_the_result_is_unchanged(first_run, tmp_path, ray_session):
-    import ray
-
-    def kill_engine_1_as_training_starts():
-        deadline = time.monotonic() + 240
-        while not list((tmp_path / "k").glob("*/engines.json")) and time.monotonic() < deadline:
-            time.sleep(0.05)  # engines.json appears when the engines are up and rollouts begin
-        name = next(n for n in ray.util.list_named_actors() if n.startswith("esvllm_engine_1_"))
-        ray.kill(ray.get_actor(name))
-
-    killer = threading.Thread(target=kill_engine_1_as_training_starts, daemon=True)
-    killer.start()
+    killer = kill_engine_when_training_starts(tmp_path / "k", 1)
     run_dir = main(ARGS + ["--output_dir", str(tmp_path / "k")])
     killer.join(timeout=5)
     records = read_metrics(run_dir)
@@ -136,3 +126,37 @@ def test_an_unwritable_output_directory_is_reported_before_start(tmp_path):
     with pytest.raises(SystemExit) as info:
         main(ARGS + ["--output_dir", str(blocked / "runs")])
     assert "file-not-dir" in str(info.value.code) and "cannot write" in str(info.value.code)
+
+
+def kill_engine_when_training_starts(output_dir, index):
+    """A thread that ray.kill()s engine `index` as soon as the run's engines are up."""
+    import ray
+
+    def kill():
+        deadline = time.monotonic() + 240
+        while not list(output_dir.glob("*/engines.json")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        name = next(n for n in ray.util.list_named_actors() if n.startswith(f"esvllm_engine_{index}_"))
+        ray.kill(ray.get_actor(name))
+
+    thread = threading.Thread(target=kill, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_when_no_engine_can_start_the_run_saves_a_checkpoint_and_stops(tmp_path, ray_session, monkeypatch):
+    from esvllm.checkpoint import latest_checkpoint, load_state
+    from esvllm.coordinator import Coordinator, NoEngineLeft
+
+    def replace_from_a_missing_model(self, dead):  # the replacement's model cannot load
+        self.pool.engines = [e for e in self.engines if e is not dead]
+        return self.pool.spawn(dead.index, str(tmp_path / "missing-model"))
+
+    monkeypatch.setattr(Coordinator, "replace", replace_from_a_missing_model)
+    killer = kill_engine_when_training_starts(tmp_path, 0)
+    with pytest.raises(NoEngineLeft, match="checkpoint saved"):
+        main(ARGS + ["--num_engines", "1", "--output_dir", str(tmp_path)])
+    killer.join(timeout=5)
+    [run_dir] = [p.parent for p in tmp_path.glob("*/engines.json")]
+    state = load_state(latest_checkpoint(run_dir))
+    assert state["iteration"] == len(read_metrics(run_dir)) == len(state["updates"])
