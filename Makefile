@@ -4,7 +4,7 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=15
 MODEL   ?=
 CUDA_DEVICES ?= 0,1,2,3
 OUTPUT  ?= runs

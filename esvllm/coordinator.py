@@ -62,6 +62,7 @@ class Coordinator:
         self.updates = [list(zip(r["seeds"], r["coefficients"])) for r in self.records]
         # The weights engines start from, and how many logged iterations they already include.
         self.weights_path, self.weights_iteration = weights or (pool.model_path, 0)
+        self.spawn_error: Exception | None = None
         self.extra_sampling: dict = {}  # e.g. {"ignore_eos": True} for fixed-length benchmarks
         self.restarts_between = 0  # engines replaced outside rollouts, counted in the next record
         self.best_eval = max((r["eval"]["reward"] for r in self.records if "eval" in r), default=None)
@@ -181,7 +182,14 @@ class Coordinator:
                     logger.warning("%s; its members go back in the queue and a new engine starts", exc)
                     replacement = self.replace(engine)
                     timing["engine_restarts"] += 1
-                    pending[replacement.ready_ref] = (replacement, None)
+                    if replacement is not None:
+                        pending[replacement.ready_ref] = (replacement, None)
+                if not pending:
+                    self.stop_if_no_engine(exc)
+                    for engine in self.engines:  # engines left, none busy: hand them the queue
+                        for _ in range(PIPELINE_DEPTH):
+                            if queue:
+                                submit(engine)
                 continue
             if member is None:  # a replacement engine is up: bring it to the current weights
                 self.catch_up(engine, result)
@@ -214,6 +222,8 @@ class Coordinator:
                 replacement = self.replace(engine)
                 self.restarts_between += 1
                 try:
+                    if replacement is None:
+                        raise EngineDiedError(f"no replacement for {engine}: {self.spawn_error}")
                     info = replacement.wait(replacement.ready_ref)
                 except EngineDiedError as failed:
                     self.stop_if_no_engine(failed)
@@ -231,9 +241,18 @@ class Coordinator:
 
     # ---- engine failures --------------------------------------------------------------------------
     def replace(self, dead):
-        """Drop a dead engine and start a new one in its place from the latest exported weights."""
+        """Drop a dead engine and start a new one in its place from the latest exported weights;
+        None when even creating it fails (the caller then stops if no engine is left)."""
         self.pool.engines = [e for e in self.engines if e is not dead]
-        return self.pool.spawn(dead.index, self.weights_path)
+        try:
+            return self.spawn_replacement(dead.index)
+        except Exception as exc:  # whatever stops a new engine, the run must end cleanly
+            logger.error("cannot start a replacement for %s: %s", dead, exc)
+            self.spawn_error = exc
+            return None
+
+    def spawn_replacement(self, index: int):
+        return self.pool.spawn(index, self.weights_path)
 
     def stop_if_no_engine(self, error: Exception) -> None:
         """With no engine left, save what is known (the update log since the last export) and stop."""

@@ -148,11 +148,10 @@ def test_when_no_engine_can_start_the_run_saves_a_checkpoint_and_stops(tmp_path,
     from esvllm.checkpoint import latest_checkpoint, load_state
     from esvllm.coordinator import Coordinator, NoEngineLeft
 
-    def replace_from_a_missing_model(self, dead):  # the replacement's model cannot load
-        self.pool.engines = [e for e in self.engines if e is not dead]
-        return self.pool.spawn(dead.index, str(tmp_path / "missing-model"))
+    def spawn_from_a_missing_model(self, index):  # the replacement cannot load its model
+        return self.pool.spawn(index, str(tmp_path / "missing-model"))
 
-    monkeypatch.setattr(Coordinator, "replace", replace_from_a_missing_model)
+    monkeypatch.setattr(Coordinator, "spawn_replacement", spawn_from_a_missing_model)
     killer = kill_engine_when_training_starts(tmp_path, 0)
     with pytest.raises(NoEngineLeft, match="checkpoint saved"):
         main(ARGS + ["--num_engines", "1", "--output_dir", str(tmp_path)])
