@@ -14,8 +14,9 @@ class EngineActorBase:
     def describe(self, index: int, started: float, **extra) -> None:
         import ray
 
+        context = ray.get_runtime_context()
         self.info.update(index=index, pid=os.getpid(), start_s=time.perf_counter() - started,
-                         node_id=ray.get_runtime_context().get_node_id(), **extra)
+                         node_id=context.get_node_id(), actor_name=context.get_actor_name(), **extra)
 
     def ready(self) -> dict:
         return self.info

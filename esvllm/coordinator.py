@@ -150,7 +150,7 @@ class Coordinator:
             for _ in range(PIPELINE_DEPTH):
                 if queue:
                     submit(engine)
-        bar = _progress(len(seeds), f"iter {iteration}", self.progress)
+        bar = _progress(len(seeds), f"iter {iteration + 1}", self.progress)
         scoring: dict = {}  # member -> Future of its score (background only with --reward_timeout)
 
         def collect(block: bool) -> None:

@@ -101,6 +101,7 @@ def train(config: RunConfig) -> Path:
     from engines.pool import EngineOptions, EnginePool, init_ray
     from esvllm.coordinator import Coordinator
     from esvllm.models import resolve_model
+    from esvllm.runlog import write_atomic
     from esvllm.scoring import Scorer
     from rewards.data import task_splits
 
@@ -124,7 +125,7 @@ def train(config: RunConfig) -> Path:
             started = time.perf_counter()
             pool = EnginePool.start(weights[0], options, config.ray_address)
             print(f"{len(pool.engines)} engine(s) ready in {time.perf_counter() - started:.1f}s", flush=True)
-            (run_dir / "engines.json").write_text(json.dumps([e.info for e in pool.engines], indent=2))
+            write_atomic(run_dir / "engines.json", json.dumps([e.info for e in pool.engines], indent=2))
             coordinator = Coordinator(config, pool, train_set, scorer, runlog, test=test_set, run_dir=run_dir,
                                       records=records, weights=weights)
             for pairs in coordinator.updates[weights[1]:]:  # resume: replay the update log since the weights

@@ -24,9 +24,9 @@ class RunLog:
         self.metrics_path = self.run_dir / "metrics.jsonl"
         if resumed_records is None:
             self.run_dir.mkdir(parents=True, exist_ok=False)
-            _write_atomic(self.run_dir / "config.json", json.dumps(config, indent=2))
+            write_atomic(self.run_dir / "config.json", json.dumps(config, indent=2))
         else:
-            _write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in resumed_records))
+            write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in resumed_records))
         self.writer = SummaryWriter(log_dir=str(self.run_dir))
         self.writer.add_text("config", "```\n" + json.dumps(config, indent=2) + "\n```", 0)
 
@@ -76,7 +76,8 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return records
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
+    """Readers (tools, tests) see the old file or the new one, never half of one."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)

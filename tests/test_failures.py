@@ -129,15 +129,22 @@ def test_an_unwritable_output_directory_is_reported_before_start(tmp_path):
 
 
 def kill_engine_when_training_starts(output_dir, index):
-    """A thread that ray.kill()s engine `index` as soon as the run's engines are up."""
+    """A thread that ray.kill()s engine `index` of this run as soon as its engines are up.
+
+    The actor is named in the run's engines.json: other engines alive in the same Ray session (the
+    session-wide test engines) must not be the ones killed.
+    """
+    import json
+
     import ray
 
     def kill():
         deadline = time.monotonic() + 240
         while not list(output_dir.glob("*/engines.json")) and time.monotonic() < deadline:
             time.sleep(0.05)
-        name = next(n for n in ray.util.list_named_actors() if n.startswith(f"esvllm_engine_{index}_"))
-        ray.kill(ray.get_actor(name))
+        [listing] = output_dir.glob("*/engines.json")
+        engines = json.loads(listing.read_text())
+        ray.kill(ray.get_actor(engines[index]["actor_name"]))
 
     thread = threading.Thread(target=kill, daemon=True)
     thread.start()
