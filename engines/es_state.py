@@ -27,7 +27,8 @@ Write = Callable[[str, torch.Tensor, torch.Tensor], object]
 
 
 class ESState:
-    def __init__(self, master: dict[str, torch.Tensor], write_all: Callable[[Write], None], model_dir: Path):
+    def __init__(self, master: dict[str, torch.Tensor], write_all: Callable[[Write], None], model_dir: Path,
+                 noise_cache_bytes: int = 0):
         self._master = master
         self._write_all = write_all
         self._model_dir = Path(model_dir)
@@ -36,6 +37,18 @@ class ESState:
         self._eps = torch.empty(largest, dtype=torch.float32, device=device)
         self._delta = torch.empty(largest, dtype=torch.float32, device=device)  # one update, all seeds
         self._perturbation: tuple[int, float] | None = None
+        # The noise of the members this engine perturbed since the last update, kept so apply_update
+        # need not draw it again (on CPU a draw costs more than the add). Bounded by a byte budget;
+        # the buffers are reused from one iteration to the next.
+        total = sum(v.numel() for v in master.values())
+        self._offsets, start = {}, 0
+        for name, tensor in master.items():
+            self._offsets[name] = (start, start + tensor.numel())
+            start += tensor.numel()
+        self._cache_slots = int(noise_cache_bytes // (total * 4))
+        self._cache: dict[int, torch.Tensor] = {}
+        self._spare: list[torch.Tensor] = []
+        self._device = device
 
     def info(self) -> dict:
         return {
@@ -43,11 +56,30 @@ class ESState:
             "parameters": sum(v.numel() for v in self._master.values()),
             "master_bytes": sum(v.numel() * v.element_size() for v in self._master.values()),
             "device": str(self._eps.device),
+            "noise_cache_slots": self._cache_slots,
         }
 
     def perturb(self, seed: int, sigma: float) -> dict:
         check_sigma(sigma)
-        self._write_all(lambda name, master, dst: self._add_noise(master, seed, name, sigma, dst))
+        seed = int(seed)
+        cached = seed in self._cache
+        buffer = self._cache[seed] if cached else self._cache_buffer()
+
+        def write(name, master, dst):
+            if buffer is None:
+                eps = fill_noise(self._eps[: master.numel()].view(master.shape), seed, name)
+            else:
+                eps = self._cached_noise(buffer, seed, name, master.shape, fill=not cached)
+            self._add_noise(master, eps, sigma, dst, self._delta)
+
+        try:
+            self._write_all(write)
+        except BaseException:
+            if buffer is not None and not cached:  # half filled: never let apply_update read it
+                self._spare.append(buffer)
+            raise
+        if buffer is not None:
+            self._cache[seed] = buffer
         self._perturbation = (int(seed), float(sigma))
         return {"seed": int(seed), "sigma": float(sigma)}
 
@@ -66,11 +98,17 @@ class ESState:
             eps = self._eps[: master.numel()].view(master.shape)
             delta = self._delta[: master.numel()].view(master.shape).zero_()
             for seed, coeff in pairs:
-                delta.add_(fill_noise(eps, seed, name), alpha=coeff)
+                if seed in self._cache:  # drawn by this engine's perturb: the same values, bit for bit
+                    delta.add_(self._cached_noise(self._cache[seed], seed, name, master.shape), alpha=coeff)
+                else:
+                    delta.add_(fill_noise(eps, seed, name), alpha=coeff)
             master.add_(delta)
             squared_norm += float(torch.linalg.vector_norm(delta)) ** 2
+        reused = sum(seed in self._cache for seed, _ in pairs)
+        self._spare.extend(self._cache.values())  # the next iteration's members have new seeds
+        self._cache.clear()
         self.restore()
-        return {"applied": len(pairs), "update_norm": math.sqrt(squared_norm)}
+        return {"applied": len(pairs), "update_norm": math.sqrt(squared_norm), "noise_reused": reused}
 
     def checksum(self, base_only: bool = False) -> str:
         """Digest of the master (bit-exact, order-sensitive per tensor) and, unless `base_only`, the
@@ -120,13 +158,30 @@ class ESState:
     def master_weights(self, names: list[str] | None = None) -> dict[str, torch.Tensor]:
         return {n: self._master[n].float().cpu().clone() for n in names or list(self._master)}
 
-    def _add_noise(self, master, seed, name, sigma, dst):
-        eps = fill_noise(self._eps[: master.numel()].view(master.shape), seed, name)
+    def _cache_buffer(self) -> torch.Tensor | None:
+        """A buffer for one member's noise, or None when the budget is spent."""
+        if self._spare:
+            buffer = self._spare.pop()
+        elif len(self._cache) + len(self._spare) < self._cache_slots:
+            total = next(reversed(self._offsets.values()))[1]
+            buffer = torch.empty(total, dtype=torch.float32, device=self._device)
+        else:
+            return None
+        return buffer
+
+    def _cached_noise(self, buffer, seed, name, shape, fill=False) -> torch.Tensor:
+        start, end = self._offsets[name]
+        eps = buffer[start:end].view(shape)
+        return fill_noise(eps, seed, name) if fill else eps
+
+    @staticmethod
+    def _add_noise(master, eps, sigma, dst, scratch):
+        """dst := master + sigma * eps, leaving eps as it was (it may be a cached member's noise)."""
         if dst.dtype == torch.float32 and master.dtype == torch.float32:
             torch.add(master, eps, alpha=sigma, out=dst)
         else:
-            dst.copy_(eps.mul_(sigma).add_(master))
-
+            scratch = scratch[: eps.numel()].view(eps.shape)
+            dst.copy_(torch.mul(eps, sigma, out=scratch).add_(master))
 
 def load_checkpoint(model_dir: Path, device, dtype, skip=()) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors (safetensors only: nothing is unpickled), in the master dtype."""

@@ -40,6 +40,7 @@ class EngineOptions:
     cuda_devices: list[int] | None = None  # GPU ids, one engine each (device "cuda")
     dtype: str = "auto"  # model dtype in vLLM; "auto": float32 on CPU, bfloat16 on CUDA
     master_dtype: str = "float32"  # ES master copy; "model" keeps it in the model dtype (less memory)
+    noise_cache_mb: int | None = None  # keep own members' noise for the update; None: 2048 on CPU, 0 on CUDA
     max_model_len: int = 512
     max_num_seqs: int = 256
     gpu_memory_utilization: float = 0.85  # CUDA only; CPU sizes the KV cache from the model
@@ -68,6 +69,13 @@ class EngineOptions:
         if self.dtype != "auto":
             return self.dtype
         return "float32" if self.device == "cpu" else "bfloat16"
+
+    def noise_cache_bytes(self) -> int:
+        # On CPU a noise draw costs ~10x the add that uses it, and RAM is plentiful; on a GPU the draw
+        # is as cheap as a copy and memory is what limits the model size.
+        if self.noise_cache_mb is None:
+            return 2048 * 2**20 if self.device == "cpu" else 0
+        return int(self.noise_cache_mb) * 2**20
 
 
 class EngineHandle:
@@ -235,9 +243,10 @@ def actor_options(model_path: str, options: EngineOptions, index: int = 0) -> di
     """The `LLM(...)` keyword arguments (or HF settings) and ES settings one engine actor gets."""
     dtype = options.model_dtype()
     master = dtype if options.master_dtype == "model" else "float32"
+    es = {"master_dtype": master, "noise_cache_bytes": options.noise_cache_bytes()}
     if options.backend == "hf":
         cores = [int(c) for c in split_cores(options.num_engines)[index].split(",")] if options.device == "cpu" else None
-        return {"dtype": dtype, "device": options.device, "cores": cores, "master_dtype": master}
+        return {"dtype": dtype, "device": options.device, "cores": cores, **es}
     llm_kwargs = dict(dtype=dtype, max_model_len=options.max_model_len, max_num_seqs=options.max_num_seqs,
                       seed=options.seed, enable_prefix_caching=False)
     if options.device == "cpu":
@@ -245,7 +254,7 @@ def actor_options(model_path: str, options: EngineOptions, index: int = 0) -> di
                           kv_cache_memory_bytes=kv_cache_bytes(model_path, dtype, options))
     else:
         llm_kwargs.update(gpu_memory_utilization=options.gpu_memory_utilization)
-    return {"llm_kwargs": llm_kwargs, "master_dtype": master}
+    return {"llm_kwargs": llm_kwargs, **es}
 
 
 def kv_cache_bytes(model_path: str, dtype: str, options: EngineOptions) -> int:

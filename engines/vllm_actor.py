@@ -28,7 +28,8 @@ class VLLMEngineActor(EngineActorBase):
         self.index = index
         llm_kwargs = dict(options.get("llm_kwargs", {}))
         self.llm = LLM(model=model_path, worker_extension_cls=WORKER_EXTENSION, **llm_kwargs)
-        self.info = self.llm.collective_rpc("es_init", args=(options.get("master_dtype", "float32"),))[0]
+        self.info = self.llm.collective_rpc(
+            "es_init", args=(options.get("master_dtype", "float32"), options.get("noise_cache_bytes", 0)))[0]
         self.describe(index, started, cpu_bind=os.environ.get("VLLM_CPU_OMP_THREADS_BIND"))
 
     def rpc(self, method: str, *args):

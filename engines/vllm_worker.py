@@ -32,7 +32,7 @@ class ESWorkerExtension:
     """Mixed into vLLM's worker class; `self.model_runner` is the worker's."""
 
     # ---- set-up -------------------------------------------------------------------------------
-    def es_init(self, master_dtype: str = "float32") -> dict:
+    def es_init(self, master_dtype: str = "float32", noise_cache_bytes: int = 0) -> dict:
         """Load the base weights from the checkpoint into the master and map them onto the model."""
         model = self.model_runner.model
         model_dir = Path(self.model_runner.model_config.model)
@@ -44,7 +44,7 @@ class ESWorkerExtension:
         self._by_hf = {p.hf_name: (t, p) for t in self._targets for p in t.pieces}
         self._master = master
         self._device = device
-        self._es = ESState(master, self._write_all, model_dir)
+        self._es = ESState(master, self._write_all, model_dir, noise_cache_bytes)
         return {
             **self._es.info(),
             "packed": [t.vllm_name for t in self._targets if t.packed_modules],

@@ -45,7 +45,14 @@ class Bench:
 
         self.iterations, self.max_tokens = iterations, max_tokens
         self.samples = task_splits("conciseness", None, prompts, 0, 0)[0]
-        self.rows: list[dict] = []
+
+    def efficiency(self, pool, population: int, engines: int) -> dict:
+        """ES tokens/s over plain vLLM tokens/s, same engines, same requests (fixed-length outputs)."""
+        fixed = self.es_iterations(pool, self.config(population, engines, "vllm"), fixed_length=True)
+        es_tps = statistics.median(r["tokens_per_s"] * r["time"]["rollout_s"] / r["time"]["iteration_s"] for r in fixed)
+        plain = self.plain_generate(pool, population, all_at_once=False)
+        return {"es_tokens_per_s": es_tps, "plain_tokens_per_s": plain, "efficiency": es_tps / plain,
+                "breakdown": breakdown(fixed, engines), "tokens_per_member": len(self.samples) * self.max_tokens}
 
     def config(self, population: int, engines: int, engine: str):
         from esvllm.config import RunConfig
@@ -106,46 +113,64 @@ def breakdown(records: list[dict], engines: int) -> dict:
             "coordinator_idle": statistics.median(idle)}
 
 
-def run_model(bench: Bench, model: str, population: int, engines: int, scaling_pops: list[int]) -> dict:
+def start_pool(model: str, engines: int, backend: str = "vllm", noise_cache_mb: int | None = None):
     from engines.pool import EngineOptions, EnginePool
     from esvllm.models import resolve_model
 
-    path = resolve_model(model)
-    result = {"model": model, "weight_bytes": weight_bytes(path), "population": population, "engines": engines}
+    options = EngineOptions(num_engines=engines, backend=backend, max_model_len=256, noise_cache_mb=noise_cache_mb)
+    return EnginePool.start(resolve_model(model), options)
+
+
+def run_model(bench: Bench, model: str, population: int, engines: int, scaling_pops: list[int]) -> dict:
+    from esvllm.models import resolve_model
+
+    result = {"model": model, "weight_bytes": weight_bytes(resolve_model(model)), "population": population,
+              "engines": engines}
     for backend in ("vllm", "hf"):
-        pool = EnginePool.start(path, EngineOptions(num_engines=engines, backend=backend, max_model_len=256))
+        pool = start_pool(model, engines, backend)
         try:
             config = bench.config(population, engines, backend)
             realistic = bench.es_iterations(pool, config, fixed_length=False)
             result[f"{backend}_iteration_s"] = statistics.median(r["time"]["iteration_s"] for r in realistic)
             result[f"{backend}_engine_peak_rss"] = max(vm_hwm(e.info["pid"]) for e in pool.engines)
             if backend == "vllm":
-                fixed = bench.es_iterations(pool, config, fixed_length=True)
-                es_tps = statistics.median(r["tokens_per_s"] * r["time"]["rollout_s"] / r["time"]["iteration_s"] for r in fixed)
-                result.update(es_tokens_per_s=es_tps,
-                              plain_tokens_per_s=bench.plain_generate(pool, population, all_at_once=False),
-                              all_at_once_tokens_per_s=bench.plain_generate(pool, population, all_at_once=True),
-                              breakdown=breakdown(fixed, engines))
-                result["efficiency"] = es_tps / result["plain_tokens_per_s"]
-                result["batching_headroom"] = es_tps / result["all_at_once_tokens_per_s"]
+                result.update(bench.efficiency(pool, population, engines))
+                result["all_at_once_tokens_per_s"] = bench.plain_generate(pool, population, all_at_once=True)
+                result["batching_headroom"] = result["es_tokens_per_s"] / result["all_at_once_tokens_per_s"]
                 result["scaling"] = {}
                 for n in scaling_pops:
                     recs = bench.es_iterations(pool, bench.config(n, engines, backend), fixed_length=False)
                     result["scaling"][n] = statistics.median(r["time"]["iteration_s"] for r in recs)
         finally:
             pool.shutdown()
+    # Before/after of the noise cache: the same efficiency figure with every noise draw repeated.
+    pool = start_pool(model, engines, noise_cache_mb=0)
+    try:
+        result["without_noise_cache"] = bench.efficiency(pool, population, engines)
+    finally:
+        pool.shutdown()
     result["hf_over_vllm"] = result["hf_iteration_s"] / result["vllm_iteration_s"]
     print(json.dumps({k: v for k, v in result.items() if k != "scaling"}), file=sys.stderr, flush=True)
     return result
 
 
-def engines_scaling(bench: Bench, model: str, population: int) -> dict:
-    from engines.pool import EngineOptions, EnginePool
-    from esvllm.models import resolve_model
+def efficiency_only(bench: Bench, model: str, population: int, engines: int) -> dict:
+    """Efficiency, phases and engine memory of one model (for sizes where the full set takes too long)."""
+    pool = start_pool(model, engines)
+    try:
+        result = {"model": model, "population": population, "engines": engines,
+                  "weight_bytes": weight_bytes(pool.model_path), **bench.efficiency(pool, population, engines),
+                  "engine_peak_rss": max(vm_hwm(e.info["pid"]) for e in pool.engines)}
+    finally:
+        pool.shutdown()
+    print(json.dumps(result), file=sys.stderr, flush=True)
+    return result
 
+
+def engines_scaling(bench: Bench, model: str, population: int) -> dict:
     out = {}
     for engines in (1, 2):
-        pool = EnginePool.start(resolve_model(model), EngineOptions(num_engines=engines, max_model_len=256))
+        pool = start_pool(model, engines)
         try:
             recs = bench.es_iterations(pool, bench.config(population, engines, "vllm"), fixed_length=False)
             out[engines] = statistics.median(r["time"]["iteration_s"] for r in recs)
@@ -172,6 +197,22 @@ def markdown(results: dict) -> str:
         b = r["breakdown"]
         lines.append(f"| {r['model']} | {b['iteration_s']:.2f} | {b['perturb_s']:.2f} | {b['generate_s']:.2f} | "
                      f"{b['update_s']:.3f} | {b['sync_s']:.3f} | {b['score_s']:.3f} |")
+    lines += ["", "Noise cache (each engine keeps its own members' noise for the update), before and after:", "",
+              "| model | efficiency without → with | update s/iter without → with |", "|---|---|---|"]
+    for r in results["models"]:
+        off = r["without_noise_cache"]
+        lines.append(f"| {r['model']} | {off['efficiency']:.2f} → {r['efficiency']:.2f} | "
+                     f"{off['breakdown']['update_s']:.3f} → {r['breakdown']['update_s']:.3f} |")
+    lines += ["", "Efficiency against rollout size and model size (fixed-length outputs):", "",
+              "| model | N | tokens per member | ES tok/s | plain tok/s | efficiency | s/iter | perturb | generate | update | "
+              "engine peak RSS / weights |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [r for r in results["models"]] + [results["long_rollouts"]] + results.get("sizes", [])
+    for r in rows:
+        b = r["breakdown"]
+        rss = r.get("engine_peak_rss", r.get("vllm_engine_peak_rss"))
+        lines.append(f"| {r['model']} | {r['population']} | {r['tokens_per_member']} | {r['es_tokens_per_s']:.0f} | "
+                     f"{r['plain_tokens_per_s']:.0f} | {r['efficiency']:.2f} | {b['iteration_s']:.2f} | "
+                     f"{b['perturb_s']:.2f} | {b['generate_s']:.2f} | {b['update_s']:.2f} | {rss / r['weight_bytes']:.1f} |")
     lines += ["", "Scaling (seconds per iteration):", ""]
     for r in results["models"]:
         lines.append(f"- {r['model']}, population: " + ", ".join(f"N={n}: {s:.2f}" for n, s in r["scaling"].items()))
@@ -218,6 +259,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--max_tokens", type=int, default=32)
     parser.add_argument("--iterations", type=int, default=3, help="timed iterations per figure (after a warm-up)")
     parser.add_argument("--scaling", type=int, nargs="*", default=[8, 16, 32, 64])
+    parser.add_argument("--size_models", nargs="*", default=["medium"],
+                        help="larger models measured for efficiency, phases and memory only")
+    parser.add_argument("--size_iterations", type=int, default=2)
+    parser.add_argument("--long_shape", type=int, nargs=2, default=[64, 64], metavar=("PROMPTS", "TOKENS"),
+                        help="a second, larger rollout per member for the efficiency of the last --models model")
+    parser.add_argument("--long_population", type=int, default=4)
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args(argv)
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
@@ -232,6 +279,10 @@ def main(argv=None) -> dict:
         results["models"].append(run_model(bench, model, args.population, args.engines, scaling))
     results["engines_scaling_model"] = args.models[-1]
     results["engines_scaling"] = engines_scaling(bench, args.models[-1], args.population)
+    long_bench = Bench(args.iterations, *args.long_shape)
+    results["long_rollouts"] = efficiency_only(long_bench, args.models[-1], args.long_population, args.engines)
+    size_bench = Bench(args.size_iterations, args.prompts, args.max_tokens)
+    results["sizes"] = [efficiency_only(size_bench, m, args.population, args.engines) for m in args.size_models]
     results["coordinator_peak_rss"] = vm_hwm(os.getpid())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -114,7 +114,8 @@ def train(config: RunConfig) -> Path:
 
     options = EngineOptions(
         device=config.resolved_device, backend=config.engine, num_engines=config.num_engines,
-        cuda_devices=config.gpu_ids or None, dtype=config.precision, master_dtype=config.master_dtype, max_model_len=config.max_model_len,
+        cuda_devices=config.gpu_ids or None, dtype=config.precision, master_dtype=config.master_dtype,
+        noise_cache_mb=config.noise_cache_mb, max_model_len=config.max_model_len,
         seed=config.global_seed,
     )
     owns_ray = init_ray(config.ray_address, verbose=config.verbose,

@@ -100,6 +100,21 @@ def test_two_engines_with_the_same_updates_agree_and_an_extra_update_splits_them
     assert a.checksum() == b.checksum()
 
 
+def test_an_update_reusing_this_engines_own_noise_equals_one_that_draws_it_again(fresh_pair):
+    a, b = fresh_pair
+    pairs = [(21, 2e-3), (22, -1e-3), (23, 4e-4)]
+    base = a.master_weights()
+    for seed, _ in pairs[:2]:  # engine a evaluates members 21 and 22 and keeps their noise
+        a.perturb(seed, 0.01)
+    assert a.apply_update(pairs)["noise_reused"] == 2
+    assert b.apply_update(pairs)["noise_reused"] == 0  # b draws all three again
+    assert a.checksum() == b.checksum()  # bit-identical: the engines stay in step
+    master = a.master_weights()
+    for name, w in base.items():
+        expected = w + sum(coeff * noise(seed, name, w.shape) for seed, coeff in pairs)
+        torch.testing.assert_close(master[name], expected, rtol=4e-7, atol=1e-8, msg=lambda m: f"{name}: {m}")
+
+
 def test_checksum_sees_a_perturbation(fresh_pair):
     engine = fresh_pair[0]
     base = engine.checksum()
