@@ -4,6 +4,7 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+DEVICE  := $(if $(HAS_GPU),cuda,cpu)
 PYTEST_ARGS ?= --durations=15
 MODEL   ?=
 CUDA_DEVICES ?= 0,1,2,3
@@ -13,7 +14,7 @@ PORT    ?= 6006
 DATA    ?=
 GPU_FLAGS = --cuda_devices $(CUDA_DEVICES) $(if $(MODEL),--model_name $(MODEL)) $(if $(DATA),--data $(DATA))
 
-.PHONY: install demo test bench bench-engine tensorboard countdown conciseness clean
+.PHONY: install demo test bench bench-engine bench-kernels tensorboard countdown conciseness clean
 
 install: $(STAMP)
 
@@ -44,10 +45,14 @@ test: $(STAMP)
 	$(PY) -m pytest $(if $(HAS_GPU),,-m "not gpu") $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(PY) -m esvllm.bench --out bench
+	$(PY) -m esvllm.bench --device $(DEVICE) --out bench
 
 bench-engine: $(STAMP)
 	$(PY) -m esvllm.bench_engine --json bench/engine.json
+
+# torch only (runs where vLLM is not installed, e.g. a bare GPU machine): noise/perturb/update vs bandwidth.
+bench-kernels: $(STAMP)
+	$(PY) -m esvllm.bench_kernels --device $(DEVICE) $(if $(HAS_GPU),,--sizes toy 0.5B) --json bench/kernels_$(DEVICE).json
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,7 +1,8 @@
 """ES throughput against pure inference and against the reference HF backend, in one run.
 
-    make bench                      # CPU, tiny and small built-in models; writes bench/results.*
-    python -m esvllm.bench --quick  # fewer configurations
+    make bench                                   # CPU: tiny and small (+ medium); writes bench/results.*
+    python -m esvllm.bench --models tiny --scaling 16 --size_models   # a few minutes
+    python -m esvllm.bench --device cuda --engines 4 --models /models/Qwen2.5-0.5B-Instruct   # GPUs
 
 Figures (medians over --iterations ES iterations, after one warm-up iteration):
 1. ES efficiency: tokens/s of full ES iterations / tokens/s of plain vLLM `generate` on the same
@@ -10,8 +11,9 @@ Figures (medians over --iterations ES iterations, after one warm-up iteration):
 2. Batching headroom: the same ES tokens/s / plain vLLM generating all members' requests at once.
 3. vLLM vs HF backend: seconds per ES iteration with realistic (variable-length) outputs.
 4. Where the time goes: perturb, generate, update, sync, scoring, coordinator idle.
-5. Scaling: iteration time vs population, engines and model size.
+5. Scaling: iteration time vs population, engines and model size; efficiency vs rollout size.
 6. Memory: peak resident memory per engine and of the coordinator, vs model weight bytes.
+7. The noise cache (--noise_cache_mb): efficiency with every noise draw repeated, before/after.
 """
 
 from __future__ import annotations
@@ -40,10 +42,10 @@ def weight_bytes(model_path: str) -> int:
 
 
 class Bench:
-    def __init__(self, iterations: int, prompts: int, max_tokens: int):
+    def __init__(self, iterations: int, prompts: int, max_tokens: int, device: str = "cpu"):
         from rewards.data import task_splits
 
-        self.iterations, self.max_tokens = iterations, max_tokens
+        self.iterations, self.max_tokens, self.device = iterations, max_tokens, device
         self.samples = task_splits("conciseness", None, prompts, 0, 0)[0]
 
     def efficiency(self, pool, population: int, engines: int) -> dict:
@@ -58,6 +60,7 @@ class Bench:
         from esvllm.config import RunConfig
 
         return RunConfig(model_name="tiny", task="conciseness", population_size=population, num_engines=engines,
+                         device=self.device, cuda_devices=",".join(map(str, range(engines))) if self.device == "cuda" else None,
                          sigma=0.01, alpha=0.005, max_tokens=self.max_tokens, data_sample=len(self.samples),
                          test_size=0, engine=engine, num_iterations=self.iterations + 1, max_model_len=256)
 
@@ -113,11 +116,13 @@ def breakdown(records: list[dict], engines: int) -> dict:
             "coordinator_idle": statistics.median(idle)}
 
 
-def start_pool(model: str, engines: int, backend: str = "vllm", noise_cache_mb: int | None = None):
+def start_pool(bench: Bench, model: str, engines: int, backend: str = "vllm", noise_cache_mb: int | None = None):
     from engines.pool import EngineOptions, EnginePool
     from esvllm.models import resolve_model
 
-    options = EngineOptions(num_engines=engines, backend=backend, max_model_len=256, noise_cache_mb=noise_cache_mb)
+    gpus = list(range(engines)) if bench.device == "cuda" else None
+    options = EngineOptions(device=bench.device, cuda_devices=gpus, num_engines=engines, backend=backend,
+                            max_model_len=256, noise_cache_mb=noise_cache_mb)
     return EnginePool.start(resolve_model(model), options)
 
 
@@ -127,7 +132,7 @@ def run_model(bench: Bench, model: str, population: int, engines: int, scaling_p
     result = {"model": model, "weight_bytes": weight_bytes(resolve_model(model)), "population": population,
               "engines": engines}
     for backend in ("vllm", "hf"):
-        pool = start_pool(model, engines, backend)
+        pool = start_pool(bench, model, engines, backend)
         try:
             config = bench.config(population, engines, backend)
             realistic = bench.es_iterations(pool, config, fixed_length=False)
@@ -144,7 +149,7 @@ def run_model(bench: Bench, model: str, population: int, engines: int, scaling_p
         finally:
             pool.shutdown()
     # Before/after of the noise cache: the same efficiency figure with every noise draw repeated.
-    pool = start_pool(model, engines, noise_cache_mb=0)
+    pool = start_pool(bench, model, engines, noise_cache_mb=0)
     try:
         result["without_noise_cache"] = bench.efficiency(pool, population, engines)
     finally:
@@ -156,7 +161,7 @@ def run_model(bench: Bench, model: str, population: int, engines: int, scaling_p
 
 def efficiency_only(bench: Bench, model: str, population: int, engines: int) -> dict:
     """Efficiency, phases and engine memory of one model (for sizes where the full set takes too long)."""
-    pool = start_pool(model, engines)
+    pool = start_pool(bench, model, engines)
     try:
         result = {"model": model, "population": population, "engines": engines,
                   "weight_bytes": weight_bytes(pool.model_path), **bench.efficiency(pool, population, engines),
@@ -170,7 +175,7 @@ def efficiency_only(bench: Bench, model: str, population: int, engines: int) -> 
 def engines_scaling(bench: Bench, model: str, population: int) -> dict:
     out = {}
     for engines in (1, 2):
-        pool = start_pool(model, engines)
+        pool = start_pool(bench, model, engines)
         try:
             recs = bench.es_iterations(pool, bench.config(population, engines, "vllm"), fixed_length=False)
             out[engines] = statistics.median(r["time"]["iteration_s"] for r in recs)
@@ -198,11 +203,14 @@ def markdown(results: dict) -> str:
         lines.append(f"| {r['model']} | {b['iteration_s']:.2f} | {b['perturb_s']:.2f} | {b['generate_s']:.2f} | "
                      f"{b['update_s']:.3f} | {b['sync_s']:.3f} | {b['score_s']:.3f} |")
     lines += ["", "Noise cache (each engine keeps its own members' noise for the update), before and after:", "",
-              "| model | efficiency without → with | update s/iter without → with |", "|---|---|---|"]
+              "| model | ES tok/s without → with | s/iter without → with | update s/iter without → with | "
+              "efficiency without → with |", "|---|---|---|---|---|"]
     for r in results["models"]:
         off = r["without_noise_cache"]
-        lines.append(f"| {r['model']} | {off['efficiency']:.2f} → {r['efficiency']:.2f} | "
-                     f"{off['breakdown']['update_s']:.3f} → {r['breakdown']['update_s']:.3f} |")
+        lines.append(f"| {r['model']} | {off['es_tokens_per_s']:.0f} → {r['es_tokens_per_s']:.0f} | "
+                     f"{off['breakdown']['iteration_s']:.2f} → {r['breakdown']['iteration_s']:.2f} | "
+                     f"{off['breakdown']['update_s']:.3f} → {r['breakdown']['update_s']:.3f} | "
+                     f"{off['efficiency']:.2f} → {r['efficiency']:.2f} |")
     lines += ["", "Efficiency against rollout size and model size (fixed-length outputs):", "",
               "| model | N | tokens per member | ES tok/s | plain tok/s | efficiency | s/iter | perturb | generate | update | "
               "engine peak RSS / weights |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -228,7 +236,7 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    fig, (left, right, third) = plt.subplots(1, 3, figsize=(15, 4), dpi=110)
     for r in results["models"]:
         pops = sorted(int(n) for n in r["scaling"])
         left.plot(pops, [r["scaling"][n] if n in r["scaling"] else r["scaling"][str(n)] for n in pops], "o-", label=r["model"])
@@ -245,6 +253,15 @@ def plot(results: dict, path: Path) -> None:
     right.set_ylabel("seconds per ES iteration")
     right.legend()
     right.grid(alpha=0.3, axis="y")
+    rows = results["models"] + [results["long_rollouts"]] + results.get("sizes", [])
+    labels = [f"{r['model']}\n{r['tokens_per_member']} tok/member" for r in rows]
+    third.bar(range(len(rows)), [r["efficiency"] for r in rows], 0.6)
+    third.axhline(0.95, color="black", linestyle="--", linewidth=1, label="target 0.95")
+    third.set_xticks(list(range(len(rows))), labels, fontsize=8)
+    third.set_ylabel("ES tokens/s / plain vLLM tokens/s")
+    third.set_ylim(0, 1.05)
+    third.legend(loc="lower right")
+    third.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -254,7 +271,8 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["tiny", "small"])
     parser.add_argument("--population", type=int, default=16)
-    parser.add_argument("--engines", type=int, default=2)
+    parser.add_argument("--engines", type=int, default=2, help="engines (one per GPU with --device cuda)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--prompts", type=int, default=16, help="prompts per member")
     parser.add_argument("--max_tokens", type=int, default=32)
     parser.add_argument("--iterations", type=int, default=3, help="timed iterations per figure (after a warm-up)")
@@ -270,18 +288,18 @@ def main(argv=None) -> dict:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     from engines.pool import init_ray
 
-    init_ray(num_cpus=2)
-    bench = Bench(args.iterations, args.prompts, args.max_tokens)
-    results = {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores",
+    init_ray(num_cpus=2 if args.device == "cpu" else None)
+    bench = Bench(args.iterations, args.prompts, args.max_tokens, args.device)
+    results = {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores", "device": args.device,
                "settings": vars(args), "models": []}
     for model in args.models:
         scaling = args.scaling if model == args.models[0] else [n for n in args.scaling if n <= args.population]
         results["models"].append(run_model(bench, model, args.population, args.engines, scaling))
     results["engines_scaling_model"] = args.models[-1]
     results["engines_scaling"] = engines_scaling(bench, args.models[-1], args.population)
-    long_bench = Bench(args.iterations, *args.long_shape)
+    long_bench = Bench(args.iterations, *args.long_shape, args.device)
     results["long_rollouts"] = efficiency_only(long_bench, args.models[-1], args.long_population, args.engines)
-    size_bench = Bench(args.size_iterations, args.prompts, args.max_tokens)
+    size_bench = Bench(args.size_iterations, args.prompts, args.max_tokens, args.device)
     results["sizes"] = [efficiency_only(size_bench, m, args.population, args.engines) for m in args.size_models]
     results["coordinator_peak_rss"] = vm_hwm(os.getpid())
     out = Path(args.out)

@@ -1,0 +1,175 @@
+"""Time the ES kernels (noise draw, perturb, update) on Qwen2.5-shaped tensors against memory bandwidth.
+
+    python -m esvllm.bench_kernels --device cuda --sizes 0.5B 1.5B 7B   # on a GPU machine (torch only)
+    python -m esvllm.bench_kernels --device cpu --sizes toy             # a quick run anywhere
+
+No vLLM: the tensors are allocated with the shapes of the named model and driven through the same
+`engines.es_state.ESState` the engines use (fp32 master, model weights in --dtype), so the figures
+are those of the engines' own code on that device. The floor of each verb is the bytes it must move
+at the copy bandwidth measured in the same run:
+- noise: write 4 bytes per parameter (the fp32 noise buffer);
+- perturb: read the fp32 master, write the model weight (4 + model bytes per parameter);
+- update of N members: read and write the master once and write the model (8 + model bytes per
+  parameter), the floor if the noise never left registers; the engines materialise each member's
+  noise, so N noise writes are also shown as a second, reachable floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+# hidden, intermediate, layers, attention heads, kv heads, vocab, tied embeddings (the models' configs)
+SHAPES = {
+    "toy": (256, 1024, 2, 4, 2, 1000, True),
+    "0.5B": (896, 4864, 24, 14, 2, 151936, True),
+    "1.5B": (1536, 8960, 28, 12, 2, 151936, True),
+    "3B": (2048, 11008, 36, 16, 2, 151936, True),
+    "7B": (3584, 18944, 28, 28, 4, 152064, False),
+}
+
+
+def qwen2_tensors(size: str) -> dict[str, tuple]:
+    """HF tensor names and shapes of a Qwen2.5 model of the given size."""
+    hidden, inter, layers, heads, kv_heads, vocab, tied = SHAPES[size]
+    kv = hidden // heads * kv_heads
+    shapes = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,)}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        shapes.update({
+            p + "self_attn.q_proj.weight": (hidden, hidden), p + "self_attn.q_proj.bias": (hidden,),
+            p + "self_attn.k_proj.weight": (kv, hidden), p + "self_attn.k_proj.bias": (kv,),
+            p + "self_attn.v_proj.weight": (kv, hidden), p + "self_attn.v_proj.bias": (kv,),
+            p + "self_attn.o_proj.weight": (hidden, hidden),
+            p + "mlp.gate_proj.weight": (inter, hidden), p + "mlp.up_proj.weight": (inter, hidden),
+            p + "mlp.down_proj.weight": (hidden, inter),
+            p + "input_layernorm.weight": (hidden,), p + "post_attention_layernorm.weight": (hidden,),
+        })
+    if not tied:
+        shapes["lm_head.weight"] = (vocab, hidden)
+    return shapes
+
+
+def timed(fn, device: str, repeats: int) -> float:
+    """Median seconds of fn() over `repeats` runs after one warm-up, synchronising the device."""
+    import torch
+
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    fn()
+    sync()
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        sync()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
+def copy_bandwidth(device: str, repeats: int) -> float:
+    """Bytes per second of one large device-to-device copy (read + write counted)."""
+    import torch
+
+    n = 256 * 2**20
+    src, dst = torch.ones(n, device=device), torch.empty(n, device=device)
+    seconds = timed(lambda: dst.copy_(src), device, repeats)
+    return 2 * 4 * n / seconds
+
+
+def bench_size(size: str, device: str, dtype: str, population: int, repeats: int, bandwidth: float) -> dict:
+    import torch
+
+    from engines.es_state import ESState
+    from esvllm.noise import fill_noise
+
+    shapes = qwen2_tensors(size)
+    model_dtype = getattr(torch, dtype)
+    generator = torch.Generator(device=device).manual_seed(0)
+    master = {n: torch.randn(s, device=device, generator=generator).mul_(0.02) for n, s in shapes.items()}
+    model = {n: torch.empty(s, device=device, dtype=model_dtype) for n, s in shapes.items()}
+
+    def write_all(write):
+        for name, tensor in master.items():
+            write(name, tensor, model[name])
+
+    es = ESState(master, write_all, Path("."), noise_cache_bytes=0)
+    params = sum(t.numel() for t in master.values())
+    elt = torch.empty(0, dtype=model_dtype).element_size()
+
+    # The timed code must compute the right thing: one tensor read back against base + sigma * eps.
+    name = "model.layers.0.mlp.down_proj.weight"
+    es.perturb(7, 1e-3)
+    expected = (master[name] + 1e-3 * fill_noise(torch.empty_like(master[name]), 7, name)).to(model_dtype)
+    torch.testing.assert_close(model[name], expected, rtol=1e-2, atol=1e-6)
+
+    largest = torch.empty(max(t.numel() for t in master.values()), device=device)
+    noise_s = timed(lambda: [fill_noise(largest[: t.numel()].view(t.shape), 3, n) for n, t in master.items()],
+                    device, repeats)
+    perturb_s = timed(lambda: es.perturb(11, 1e-3), device, repeats)
+    pairs = [(1000 + i, 1e-6 * (-1) ** i) for i in range(population)]
+    update_s = timed(lambda: es.apply_update(pairs), device, max(1, repeats // 3))
+    floors = {
+        "noise": 4 * params / bandwidth,
+        "perturb": (4 + elt) * params / bandwidth,
+        "update": (8 + elt) * params / bandwidth,
+        "update_materialised": (8 + elt + 4 * population) * params / bandwidth,
+    }
+    return {
+        "size": size, "parameters": params, "dtype": dtype, "population": population,
+        "noise_s": noise_s, "perturb_s": perturb_s, "update_s": update_s,
+        "floor_s": floors,
+        "noise_over_floor": noise_s / floors["noise"],
+        "perturb_over_floor": perturb_s / floors["perturb"],
+        "update_over_floor": update_s / floors["update"],
+        "update_over_materialised_floor": update_s / floors["update_materialised"],
+        "noise_gelems_per_s": params / noise_s / 1e9,
+    }
+
+
+def markdown(results: dict) -> str:
+    lines = [f"{results['device_name']}, {results['date']}, copy bandwidth {results['bandwidth'] / 1e9:.0f} GB/s "
+             f"(read + write), model dtype {results['dtype']}, fp32 master, N={results['population']}:", "",
+             "| size | params | noise ms (x floor) | perturb ms (x floor) | update(N) ms (x floor; x floor with N noise writes) |",
+             "|---|---|---|---|---|"]
+    for r in results["sizes"]:
+        lines.append(f"| {r['size']} | {r['parameters'] / 1e6:.1f}M | {r['noise_s'] * 1e3:.1f} ({r['noise_over_floor']:.2f}) | "
+                     f"{r['perturb_s'] * 1e3:.1f} ({r['perturb_over_floor']:.2f}) | {r['update_s'] * 1e3:.0f} "
+                     f"({r['update_over_floor']:.1f}; {r['update_over_materialised_floor']:.2f}) |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    parser.add_argument("--sizes", nargs="+", default=["0.5B", "1.5B", "7B"], choices=list(SHAPES))
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--population", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA GPU here; use --device cpu")
+    bandwidth = copy_bandwidth(args.device, args.repeats)
+    results = {
+        "date": time.strftime("%Y-%m-%d"), "device": args.device, "dtype": args.dtype, "population": args.population,
+        "device_name": torch.cuda.get_device_name(0) if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads",
+        "bandwidth": bandwidth, "sizes": [],
+    }
+    for size in args.sizes:
+        results["sizes"].append(bench_size(size, args.device, args.dtype, args.population, args.repeats, bandwidth))
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+    print(markdown(results))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()
