@@ -1,7 +1,24 @@
 """User-style rewards for tests, loaded through `module:function` (also inside reward worker processes)."""
 
 import os
+import threading
 import time
+
+from rewards.conciseness import conciseness_reward
+
+# Set by tests.test_failures right after it has ray.kill()ed an engine.
+ENGINE_KILLED = threading.Event()
+
+
+def conciseness_once_an_engine_is_killed(completion: str, sample: dict) -> float:
+    """Conciseness, but no iteration can finish before the test has killed an engine.
+
+    So the kill always lands mid-run, however fast the run is (runs the reward inline, in the test's
+    own process, where the event lives).
+    """
+    if not ENGINE_KILLED.wait(timeout=240):
+        raise TimeoutError("no engine was killed within 240 s")
+    return conciseness_reward(completion, sample)
 
 
 def hangs_on_one_prompt(completion: str, sample: dict) -> float:

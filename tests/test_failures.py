@@ -19,6 +19,9 @@ from .helpers import ARGS, final_weights, same_weights, without_timing
 
 pytestmark = pytest.mark.engine
 
+# A reward that holds the first iteration until the engine is dead, so the kill always lands mid-run.
+KILL_REWARD = ["--reward", "tests.reward_helpers:conciseness_once_an_engine_is_killed"]
+
 
 def start_run(output_dir, *extra):
     """The training command in its own process (so it can be killed like a real run)."""
@@ -88,7 +91,7 @@ def test_sigterm_saves_a_checkpoint_and_leaves_no_process_behind(tmp_path):
 
 def test_a_killed_engine_is_replaced_and_the_result_is_unchanged(first_run, tmp_path, ray_session):
     killer = kill_engine_when_training_starts(tmp_path / "k", 1)
-    run_dir = main(ARGS + ["--output_dir", str(tmp_path / "k")])
+    run_dir = main(ARGS + KILL_REWARD + ["--output_dir", str(tmp_path / "k")])
     killer.join(timeout=5)
     records = read_metrics(run_dir)
     assert sum(r["engine_restarts"] for r in records) == 1
@@ -138,6 +141,10 @@ def kill_engine_when_training_starts(output_dir, index):
 
     import ray
 
+    from .reward_helpers import ENGINE_KILLED
+
+    ENGINE_KILLED.clear()
+
     def kill():
         deadline = time.monotonic() + 240
         while not list(output_dir.glob("*/engines.json")) and time.monotonic() < deadline:
@@ -145,6 +152,7 @@ def kill_engine_when_training_starts(output_dir, index):
         [listing] = output_dir.glob("*/engines.json")
         engines = json.loads(listing.read_text())
         ray.kill(ray.get_actor(engines[index]["actor_name"]))
+        ENGINE_KILLED.set()  # the run's rewards (KILL_REWARD) wait for this
 
     thread = threading.Thread(target=kill, daemon=True)
     thread.start()
@@ -161,7 +169,7 @@ def test_when_no_engine_can_start_the_run_saves_a_checkpoint_and_stops(tmp_path,
     monkeypatch.setattr(Coordinator, "spawn_replacement", spawn_from_a_missing_model)
     killer = kill_engine_when_training_starts(tmp_path, 0)
     with pytest.raises(NoEngineLeft, match="checkpoint saved"):
-        main(ARGS + ["--num_engines", "1", "--output_dir", str(tmp_path)])
+        main(ARGS + KILL_REWARD + ["--num_engines", "1", "--output_dir", str(tmp_path)])
     killer.join(timeout=5)
     [run_dir] = [p.parent for p in tmp_path.glob("*/engines.json")]
     state = load_state(latest_checkpoint(run_dir))
