@@ -40,7 +40,7 @@ class EngineOptions:
     cuda_devices: list[int] | None = None  # GPU ids, one engine each (device "cuda")
     dtype: str = "auto"  # model dtype in vLLM; "auto": float32 on CPU, bfloat16 on CUDA
     master_dtype: str = "float32"  # ES master copy; "model" keeps it in the model dtype (less memory)
-    noise_cache_mb: int | None = None  # keep own members' noise for the update; None: 2048 on CPU, 0 on CUDA
+    noise_cache_mb: int = 0  # memory per engine for its own members' noise, reused by the update (0: off)
     max_model_len: int = 512
     max_num_seqs: int = 256
     gpu_memory_utilization: float = 0.85  # CUDA only; CPU sizes the KV cache from the model
@@ -71,10 +71,6 @@ class EngineOptions:
         return "float32" if self.device == "cpu" else "bfloat16"
 
     def noise_cache_bytes(self) -> int:
-        # On CPU a noise draw costs ~10x the add that uses it, and RAM is plentiful; on a GPU the draw
-        # is as cheap as a copy and memory is what limits the model size.
-        if self.noise_cache_mb is None:
-            return 2048 * 2**20 if self.device == "cpu" else 0
         return int(self.noise_cache_mb) * 2**20
 
 

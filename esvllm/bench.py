@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 OUT = Path("bench")
+NOISE_CACHE_MB = 2048  # the engines' --noise_cache_mb here (and 0 for the before/after figure)
 
 
 def vm_hwm(pid: int) -> int:
@@ -116,7 +117,7 @@ def breakdown(records: list[dict], engines: int) -> dict:
             "coordinator_idle": statistics.median(idle)}
 
 
-def start_pool(bench: Bench, model: str, engines: int, backend: str = "vllm", noise_cache_mb: int | None = None):
+def start_pool(bench: Bench, model: str, engines: int, backend: str = "vllm", noise_cache_mb: int = NOISE_CACHE_MB):
     from engines.pool import EngineOptions, EnginePool
     from esvllm.models import resolve_model
 

@@ -51,7 +51,7 @@ class RunConfig:
     num_engines: int = field(1, "engines on CPU (each gets its own cores)")
     precision: str = field("auto", "model dtype in vLLM: auto (float32 on CPU, bfloat16 on CUDA), bfloat16, float16, float32")
     master_dtype: str = field("float32", "ES master copy: float32, or model (less memory, sub-ulp updates lost)")
-    noise_cache_mb: int | None = field(None, "per engine: keep the noise of its own members for the update instead of drawing it again; default 2048 on CPU, 0 on CUDA")
+    noise_cache_mb: int = field(0, "per engine: memory for keeping its own members' noise so the update need not draw it again (faster on CPU; 0: off)")
     max_model_len: int = field(1024, "longest prompt + completion, in tokens")
     sync_check_every: int = field(1, "compare engine checksums every K iterations (0: never)")
     ray_address: str | None = field(None, "join this Ray cluster; default: a private local one on 127.0.0.1")
@@ -100,7 +100,7 @@ class RunConfig:
             bad("precision", self.precision, "use auto, bfloat16, float16 or float32")
         if self.master_dtype not in ("float32", "model"):
             bad("master_dtype", self.master_dtype, "use float32 or model")
-        if self.noise_cache_mb is not None and self.noise_cache_mb < 0:
+        if self.noise_cache_mb < 0:
             bad("noise_cache_mb", self.noise_cache_mb, "must be >= 0 megabytes (0 turns the cache off)")
         if not 0 <= self.global_seed < 2**31:
             bad("global_seed", self.global_seed, "must be in [0, 2**31)")

@@ -37,8 +37,10 @@ def engine_pair(ray_session, tiny_model):
 
 @pytest.fixture(scope="module")
 def fresh_pair(ray_session, tiny_model):
-    """Two fp32 tiny engines still at the checkpoint's weights when the module starts."""
-    pool = start_pool(tiny_model, num_engines=2)
+    """Two fp32 tiny engines still at the checkpoint's weights when the module starts.
+
+    They keep their members' noise (--noise_cache_mb), so the engine tests cover that path too."""
+    pool = start_pool(tiny_model, num_engines=2, noise_cache_mb=64)
     yield pool.engines
     pool.shutdown()
 

@@ -7,7 +7,7 @@ from esvllm.run import main
 
 ARGS = ["--model_name", "tiny", "--task", "conciseness", "--num_engines", "2", "--population_size", "4",
         "--num_iterations", "3", "--sigma", "0.05", "--alpha", "0.01", "--data_sample", "6", "--test_size", "4",
-        "--max_tokens", "12", "--max_model_len", "128", "--global_seed", "3"]
+        "--max_tokens", "12", "--max_model_len", "128", "--global_seed", "3", "--noise_cache_mb", "64"]
 # Checkpoints, eval and best-model export must not change the trajectory: the first run uses them.
 EXTRAS = ["--save_every", "1", "--eval_every", "3", "--save_best"]
 

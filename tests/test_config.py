@@ -34,6 +34,7 @@ def fails_with(argv, *fragments):
         (["--device", "cpu", "--num_engines", "64"], ["--num_engines", "64"]),
         (["--cuda_devices", "a,b"], ["--cuda_devices", "a,b"]),
         (["--batch_size", "500", "--data_sample", "10"], ["--batch_size", "500"]),
+        (["--noise_cache_mb", "-1"], ["--noise_cache_mb", "-1"]),
     ],
 )
 def test_bad_config_fails_before_any_engine_starts(argv, fragments, monkeypatch):

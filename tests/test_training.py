@@ -58,6 +58,13 @@ def test_the_same_command_twice_gives_identical_metrics_and_weights(first_run, t
     assert same_weights(final_weights(second), final_weights(first_run))
 
 
+def test_the_noise_cache_does_not_change_the_result(first_run, tmp_path):
+    drawn_again = run(tmp_path, "c", ["--noise_cache_mb", "0"])  # every update draws all N members again
+    without_eval = [{k: v for k, v in r.items() if k != "eval"} for r in without_timing(read_metrics(first_run))]
+    assert without_timing(read_metrics(drawn_again)) == without_eval
+    assert same_weights(final_weights(drawn_again), final_weights(first_run))
+
+
 def test_eval_of_the_exported_model_matches_the_in_training_eval(first_run):
     from esvllm.eval import main as evaluate
 
