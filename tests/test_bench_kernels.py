@@ -31,3 +31,11 @@ def test_the_kernel_benchmark_runs_on_cpu_and_writes_its_figures(tmp_path):
     assert figures["parameters"] == sum(torch.Size(s).numel() for s in qwen2_tensors("toy").values())
     for key in ("noise_over_floor", "perturb_over_floor", "update_over_floor"):
         assert figures[key] > 0, key
+
+
+@pytest.mark.gpu
+def test_the_kernel_benchmark_runs_on_cuda_and_writes_its_figures(tmp_path):
+    out = tmp_path / "kernels.json"
+    main(["--device", "cuda", "--sizes", "toy", "--population", "3", "--repeats", "1", "--json", str(out)])
+    [figures] = json.loads(out.read_text())["sizes"]
+    assert figures["noise_over_floor"] > 0 and figures["update_over_floor"] > 0
