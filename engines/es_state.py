@@ -183,6 +183,7 @@ class ESState:
             scratch = scratch[: eps.numel()].view(eps.shape)
             dst.copy_(torch.mul(eps, sigma, out=scratch).add_(master))
 
+
 def load_checkpoint(model_dir: Path, device, dtype, skip=()) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors (safetensors only: nothing is unpickled), in the master dtype."""
     from safetensors import safe_open
