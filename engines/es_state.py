@@ -40,12 +40,11 @@ class ESState:
         # The noise of the members this engine perturbed since the last update, kept so apply_update
         # need not draw it again (on CPU a draw costs more than the add). Bounded by a byte budget;
         # the buffers are reused from one iteration to the next.
-        total = sum(v.numel() for v in master.values())
-        self._offsets, start = {}, 0
+        self._offsets, self._total = {}, 0
         for name, tensor in master.items():
-            self._offsets[name] = (start, start + tensor.numel())
-            start += tensor.numel()
-        self._cache_slots = int(noise_cache_bytes // (total * 4))
+            self._offsets[name] = (self._total, self._total + tensor.numel())
+            self._total += tensor.numel()
+        self._cache_slots = int(noise_cache_bytes // (self._total * 4))
         self._cache: dict[int, torch.Tensor] = {}
         self._spare: list[torch.Tensor] = []
         self._device = device
@@ -163,8 +162,7 @@ class ESState:
         if self._spare:
             buffer = self._spare.pop()
         elif len(self._cache) + len(self._spare) < self._cache_slots:
-            total = next(reversed(self._offsets.values()))[1]
-            buffer = torch.empty(total, dtype=torch.float32, device=self._device)
+            buffer = torch.empty(self._total, dtype=torch.float32, device=self._device)
         else:
             return None
         return buffer

@@ -1,7 +1,7 @@
 """ES throughput against pure inference and against the reference HF backend, in one run.
 
     make bench                                   # CPU: tiny and small (+ medium); writes bench/results.*
-    python -m esvllm.bench --models tiny --scaling 16 --size_models   # a few minutes
+    python -m esvllm.bench --models tiny --scaling 16 --size_models   # tiny only, no medium
     python -m esvllm.bench --device cuda --engines 4 --models /models/Qwen2.5-0.5B-Instruct   # GPUs
 
 Figures (medians over --iterations ES iterations, after one warm-up iteration):
