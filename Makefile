@@ -14,7 +14,7 @@ PORT    ?= 6006
 DATA    ?=
 GPU_FLAGS = --cuda_devices $(CUDA_DEVICES) $(if $(MODEL),--model_name $(MODEL)) $(if $(DATA),--data $(DATA))
 
-.PHONY: install demo test bench bench-engine bench-kernels tensorboard countdown conciseness clean
+.PHONY: install demo test test-fast bench bench-engine bench-kernels tensorboard countdown conciseness clean
 
 install: $(STAMP)
 
@@ -44,15 +44,19 @@ tensorboard: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(if $(HAS_GPU),,-m "not gpu") $(PYTEST_ARGS)
 
+# No vLLM engine, no GPU: ES math, rewards, config, checkpoints, and whole runs on fake engines.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not engine and not gpu" $(PYTEST_ARGS)
+
 bench: $(STAMP)
-	$(PY) -m esvllm.bench --device $(DEVICE) --out bench
+	$(PY) -m benchmarks.es --device $(DEVICE) --out bench
 
 bench-engine: $(STAMP)
-	$(PY) -m esvllm.bench_engine --json bench/engine.json
+	$(PY) -m benchmarks.engine --json bench/engine.json
 
 # torch only (runs where vLLM is not installed, e.g. a bare GPU machine): noise/perturb/update vs bandwidth.
 bench-kernels: $(STAMP)
-	$(PY) -m esvllm.bench_kernels --device $(DEVICE) $(if $(HAS_GPU),,--sizes toy 0.5B) --json bench/kernels_$(DEVICE).json
+	$(PY) -m benchmarks.kernels --device $(DEVICE) $(if $(HAS_GPU),,--sizes toy 0.5B) --json bench/kernels_$(DEVICE).json
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -27,11 +27,14 @@ Write = Callable[[str, torch.Tensor, torch.Tensor], object]
 
 
 class ESState:
-    def __init__(self, master: dict[str, torch.Tensor], write_all: Callable[[Write], None], model_dir: Path,
+    def __init__(self, master: dict[str, torch.Tensor], write_all: Callable[[Write], None], model_dir: Path | None,
                  noise_cache_bytes: int = 0):
         self._master = master
         self._write_all = write_all
-        self._model_dir = Path(model_dir)
+        # The checkpoint's config and tokenizer files, read now: the directory the engine started
+        # from (e.g. a checkpoint) may be pruned before the next export.
+        self._files = {name: (Path(model_dir) / name).read_bytes() for name in CHECKPOINT_FILES
+                       if model_dir is not None and (Path(model_dir) / name).is_file()}
         device = next(iter(master.values())).device
         largest = max(v.numel() for v in master.values())
         self._eps = torch.empty(largest, dtype=torch.float32, device=device)
@@ -64,7 +67,11 @@ class ESState:
         cached = seed in self._cache
         buffer = self._cache[seed] if cached else self._cache_buffer()
 
+        written = [0, 0]  # tensors, elements: a caller can check them against info()
+
         def write(name, master, dst):
+            written[0] += 1
+            written[1] += master.numel()
             if buffer is None:
                 eps = fill_noise(self._eps[: master.numel()].view(master.shape), seed, name)
             else:
@@ -80,15 +87,18 @@ class ESState:
         if buffer is not None:
             self._cache[seed] = buffer
         self._perturbation = (int(seed), float(sigma))
-        return {"seed": int(seed), "sigma": float(sigma)}
+        return {"seed": int(seed), "sigma": float(sigma), "tensors": written[0], "parameters": written[1]}
 
-    def restore(self) -> dict:
+    def restore(self) -> str:
+        """The model's weights := the master; returns the checksum of what the engine now holds."""
         self._write_all(lambda name, master, dst: dst.copy_(master))
         self._perturbation = None
-        return {"restored": True}
+        return self.checksum()
 
-    def apply_update(self, pairs: list[tuple[int, float]]) -> dict:
-        """base += sum coeff * eps(seed), in the master's precision; the engine ends at the new base."""
+    def apply_update(self, pairs: list[tuple[int, float]], options: dict | None = None) -> dict:
+        """base += sum coeff * eps(seed), in the master's precision; the engine ends at the new base.
+
+        `options` is the iteration's update settings from the update log (none are needed yet)."""
         pairs = [(int(s), float(c)) for s, c in pairs]
         if not all(math.isfinite(c) for _, c in pairs):
             raise ValueError(f"apply_update: non-finite coefficient in {pairs}")
@@ -106,7 +116,8 @@ class ESState:
         reused = sum(seed in self._cache for seed, _ in pairs)
         self._spare.extend(self._cache.values())  # the next iteration's members have new seeds
         self._cache.clear()
-        self.restore()
+        self._write_all(lambda name, master, dst: dst.copy_(master))
+        self._perturbation = None
         return {"applied": len(pairs), "update_norm": math.sqrt(squared_norm), "noise_reused": reused}
 
     def checksum(self, base_only: bool = False) -> str:
@@ -129,6 +140,8 @@ class ESState:
         """Write the base weights as an HF checkpoint directory (atomically: temp dir, then rename)."""
         from safetensors.torch import save_file
 
+        if "config.json" not in self._files:
+            raise FileNotFoundError("export needs the model's config.json: this ES state was made without a model directory")
         target = Path(path)
         staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
@@ -136,9 +149,8 @@ class ESState:
         out_dtype = getattr(torch, dtype) if dtype else next(iter(self._master.values())).dtype
         tensors = {k: v.to(out_dtype).contiguous().cpu() for k, v in self._master.items()}
         save_file(tensors, staging / "model.safetensors", metadata={"format": "pt"})
-        for name in CHECKPOINT_FILES:
-            if (self._model_dir / name).is_file():
-                shutil.copy2(self._model_dir / name, staging / name)
+        for name, content in self._files.items():
+            (staging / name).write_bytes(content)
         config = json.loads((staging / "config.json").read_text())
         dtype_name = str(out_dtype).removeprefix("torch.")
         for key in ("torch_dtype", "dtype"):
@@ -153,6 +165,10 @@ class ESState:
         else:
             os.rename(staging, target)
         return str(target)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The master tensors by HF name (read-only use: benchmarks size their buffers from them)."""
+        return dict(self._master)
 
     def master_weights(self, names: list[str] | None = None) -> dict[str, torch.Tensor]:
         return {n: self._master[n].float().cpu().clone() for n in names or list(self._master)}

@@ -16,6 +16,7 @@ import logging
 import os
 import uuid
 
+from engines.backends import BACKENDS, actor_class
 from esvllm.noise import check_sigma
 
 logger = logging.getLogger(__name__)
@@ -32,10 +33,10 @@ class EngineDiedError(RuntimeError):
 
 @dataclasses.dataclass
 class EngineOptions:
-    """How the engines are created; validated before any engine starts."""
+    """How the engines are created (built from a run's config by `from_config`)."""
 
     device: str = "cpu"  # "cpu" or "cuda"
-    backend: str = "vllm"  # "vllm", or "hf" (transformers generate: the reference the paper started from)
+    backend: str = "vllm"  # a name in engines.backends.BACKENDS
     num_engines: int = 1
     cuda_devices: list[int] | None = None  # GPU ids, one engine each (device "cuda")
     dtype: str = "auto"  # model dtype in vLLM; "auto": float32 on CPU, bfloat16 on CUDA
@@ -45,6 +46,7 @@ class EngineOptions:
     max_num_seqs: int = 256
     gpu_memory_utilization: float = 0.85  # CUDA only; CPU sizes the KV cache from the model
     seed: int = 0
+    die_on_call: dict[int, tuple] | None = None  # fake backend only: index -> (method or None, k-th call)
 
     def __post_init__(self):
         if self.device not in ("cpu", "cuda"):
@@ -60,10 +62,18 @@ class EngineOptions:
                     f"num_engines={self.num_engines} is more than the {cores} CPU cores here; "
                     f"use --num_engines {cores} or fewer"
                 )
-        if self.backend not in ("vllm", "hf"):
-            raise ValueError(f"engine backend {self.backend!r}: use 'vllm' or 'hf'")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"engine backend {self.backend!r}: use one of {', '.join(BACKENDS)}")
         if self.master_dtype not in ("float32", "model"):
             raise ValueError(f"master_dtype {self.master_dtype!r}: use 'float32' or 'model'")
+
+    @classmethod
+    def from_config(cls, config) -> "EngineOptions":
+        """The engine settings of a validated `esvllm.config.RunConfig`."""
+        return cls(device=config.resolved_device, backend=config.engine, num_engines=config.num_engines,
+                   cuda_devices=config.gpu_ids or None, dtype=config.precision, master_dtype=config.master_dtype,
+                   noise_cache_mb=config.noise_cache_mb, max_model_len=config.max_model_len,
+                   seed=config.global_seed, die_on_call=fake_faults_from_env() if config.engine == "fake" else None)
 
     def model_dtype(self) -> str:
         if self.dtype != "auto":
@@ -74,6 +84,19 @@ class EngineOptions:
         return int(self.noise_cache_mb) * 2**20
 
 
+def fake_faults_from_env() -> dict[int, tuple] | None:
+    """ESVLLM_FAKE_DIE_ON_CALL="1:3" (any call) or "1:apply_update:2" (that RPC): fake engine 1 dies
+    at that call (a test hook; several separated by commas)."""
+    spec = os.environ.get("ESVLLM_FAKE_DIE_ON_CALL")
+    if not spec:
+        return None
+    faults = {}
+    for part in spec.split(","):
+        index, *method, k = part.split(":")
+        faults[int(index)] = (method[0] if method else None, int(k))
+    return faults
+
+
 class EngineHandle:
     """Coordinator-side handle of one engine actor; methods block and return the RPC's result."""
 
@@ -81,6 +104,8 @@ class EngineHandle:
         self.index = index
         self.actor = actor
         self.info = info or {}
+        self.applied = 0  # update-log entries its base weights hold (kept by engines.fleet)
+        self.last_update: dict | None = None
 
     def __repr__(self):
         return f"engine {self.index} (pid {self.info.get('pid', '?')})"
@@ -105,11 +130,12 @@ class EngineHandle:
         check_sigma(sigma)
         return self.call("rpc", "perturb", int(seed), float(sigma))
 
-    def restore(self):
+    def restore(self) -> str:
+        """Back to the base weights; returns the checksum of what the engine now holds."""
         return self.call("rpc", "restore")
 
-    def apply_update(self, pairs):
-        return self.call("rpc", "apply_update", [(int(s), float(c)) for s, c in pairs])
+    def apply_update(self, pairs, options: dict | None = None):
+        return self.call("rpc", "apply_update", [(int(s), float(c)) for s, c in pairs], options)
 
     def checksum(self, base_only: bool = False) -> str:
         return self.call("rpc", "checksum", base_only)
@@ -163,6 +189,7 @@ class EnginePool:
         self.placement_group = placement_group
         self.engines: list[EngineHandle] = []
         self.run_tag = uuid.uuid4().hex[:8]
+        self.spawned: set[int] = set()
 
     @classmethod
     def start(cls, model_path: str, options: EngineOptions, ray_address: str | None = None) -> "EnginePool":
@@ -194,9 +221,6 @@ class EnginePool:
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        from engines.hf_actor import HFEngineActor
-        from engines.vllm_actor import VLLMEngineActor
-
         path = model_path or self.model_path
         env = dict(QUIET_ENV)
         if self.options.device == "cpu":
@@ -205,14 +229,25 @@ class EnginePool:
         else:
             resources = {"num_cpus": 1, "num_gpus": 1}
         strategy = PlacementGroupSchedulingStrategy(self.placement_group, placement_group_bundle_index=index)
-        actor_class = HFEngineActor if self.options.backend == "hf" else VLLMEngineActor
-        actor = ray.remote(actor_class).options(
+        options = actor_options(path, self.options, index)
+        if self.options.die_on_call and index in self.options.die_on_call and index not in self.spawned:
+            options["die_on_call"] = self.options.die_on_call[index]  # the first engine of that index only
+        self.spawned.add(index)
+        actor = ray.remote(actor_class(self.options.backend)).options(
             **resources, scheduling_strategy=strategy, runtime_env={"env_vars": env},
             name=f"esvllm_engine_{index}_{self.run_tag}",
-        ).remote(index, path, actor_options(path, self.options, index))
+        ).remote(index, path, options)
         handle = EngineHandle(index, actor)
         handle.ready_ref = actor.ready.remote()
         return handle
+
+    def drop(self, engine: EngineHandle) -> None:
+        """Forget a dead engine (its bundle is free for a replacement)."""
+        self.engines = [e for e in self.engines if e is not engine]
+
+    def adopt(self, engine: EngineHandle) -> None:
+        """Add a started engine, keeping the list in index order."""
+        self.engines = sorted([*self.engines, engine], key=lambda e: e.index)
 
     def shutdown(self) -> None:
         import ray
@@ -240,6 +275,8 @@ def actor_options(model_path: str, options: EngineOptions, index: int = 0) -> di
     dtype = options.model_dtype()
     master = dtype if options.master_dtype == "model" else "float32"
     es = {"master_dtype": master, "noise_cache_bytes": options.noise_cache_bytes()}
+    if options.backend == "fake":
+        return {"dtype": dtype, **es}
     if options.backend == "hf":
         cores = [int(c) for c in split_cores(options.num_engines)[index].split(",")] if options.device == "cpu" else None
         return {"dtype": dtype, "device": options.device, "cores": cores, **es}

@@ -5,7 +5,7 @@ an fp32 master copy of every HF tensor (the base weights; engines.es_state) and 
 weights from it:
 
     perturb(seed, sigma)   weights := base + sigma * eps(seed)
-    restore()              weights := base, by copy from the master (bit-exact, no drift)
+    restore()              weights := base, by copy from the master (bit-exact, no drift); its checksum
     apply_update(pairs)    base += sum_i coeff_i * eps(seed_i), accumulated in the master
     checksum()             digest of the master and the current perturbation
     export(path)           HF checkpoint of the base weights
@@ -55,11 +55,11 @@ class ESWorkerExtension:
     def perturb(self, seed: int, sigma: float) -> dict:
         return self._es.perturb(seed, sigma)
 
-    def restore(self) -> dict:
+    def restore(self) -> str:
         return self._es.restore()
 
-    def apply_update(self, pairs: list[tuple[int, float]]) -> dict:
-        return self._es.apply_update(pairs)
+    def apply_update(self, pairs: list[tuple[int, float]], options: dict | None = None) -> dict:
+        return self._es.apply_update(pairs, options)
 
     def checksum(self, base_only: bool = False) -> str:
         return self._es.checksum(base_only)
@@ -79,6 +79,10 @@ class ESWorkerExtension:
             full = self._effective(target, kernel_cache)
             out[name] = full[piece.offset : piece.offset + piece.shape[0]].float().cpu().clone()
         return out
+
+    @property
+    def es_state(self) -> ESState:
+        return self._es
 
     # ---- internals ----------------------------------------------------------------------------
     def _write_all(self, write) -> None:

@@ -1,14 +1,13 @@
 """Checkpoints: everything needed to continue a run exactly, written atomically.
 
     <run_dir>/checkpoints/iter_000010/
-        state.json     next iteration, the update log (seeds and coefficients of every iteration),
-                       metrics so far, config, and which weights the log starts from
+        state.json     iterations done, config, and which weights the update log starts from
         model/         HF export of the fp32 master after `model_iteration` iterations (optional)
 
 A checkpoint is built in a hidden temporary folder and renamed into place, so a kill during a save
 leaves the previous checkpoint intact. Weights are safetensors and state is JSON: nothing is
-unpickled. The update log lets any process rebuild the weights from the base model alone:
-`model_path` + replaying `updates[model_iteration:iteration]` with `apply_update`.
+unpickled. The run's update log (esvllm.updatelog, RUN/updates.jsonl) rebuilds the weights:
+`model_path` + replaying entries [model_iteration, iteration) with `apply_update`.
 """
 
 from __future__ import annotations
@@ -35,6 +34,9 @@ def save_checkpoint(run_dir: Path, state: dict, export=None, keep: int = 2) -> P
     staging.mkdir()
     try:
         state = dict(state)
+        model = Path(state["model_path"])
+        if model.is_absolute() and model.is_relative_to(Path(run_dir).resolve()):
+            state["model_path"] = str(model.relative_to(Path(run_dir).resolve()))  # pruning compares these
         if export is not None:
             export(str(staging / "model"))
             state.update(model_path=f"checkpoints/{name}/model", model_iteration=state["iteration"])

@@ -15,6 +15,10 @@ import subprocess
 import tomllib
 from pathlib import Path
 
+from engines.backends import BACKENDS
+from esvllm.es import SHAPINGS
+from rewards.data import TASKS
+
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 
 
@@ -27,7 +31,7 @@ class RunConfig:
     # what to train
     experiment: str = field("custom", "name of the run (and of its preset in experiments/, if any)")
     model_name: str = field("tiny", "HF checkpoint directory or built-in model (tiny, small, medium)")
-    task: str = field("countdown", "built-in task whose data generator to use: countdown, conciseness")
+    task: str = field("countdown", "task: its data generator, prompt and default reward (countdown, conciseness)")
     reward: str | None = field(None, "reward name (countdown, conciseness) or module:function; default: the task's")
     data: str | None = field(None, "data file (.json, .jsonl, HF dataset dir); default: the task's generator")
     data_sample: int = field(200, "number of training samples (the paper's --data_sample)")
@@ -37,7 +41,8 @@ class RunConfig:
     reward_timeout: float | None = field(None, "cut a reward call off after this many seconds (runs rewards in worker processes)")
     # ES
     sigma: float = field(0.001, "noise scale of the perturbations")
-    alpha: float = field(0.0005, "learning rate: the update is alpha/N * sum z_i eps_i")
+    alpha: float = field(0.0005, "learning rate: the update is alpha/N * sum f_i eps_i")
+    shaping: str = field("zscore", "fitness shaping f of the rewards: zscore (the paper's), centered_rank, raw (minus the mean)")
     population_size: int = field(30, "N, perturbed models per iteration")
     num_iterations: int = field(1000, "ES iterations")
     global_seed: int = field(42, "seed of the seed schedule and the data")
@@ -45,7 +50,8 @@ class RunConfig:
     temperature: float = field(0.0, "sampling temperature; 0 is greedy, as the paper")
     max_tokens: int = field(1024, "most tokens generated per completion")
     # engines
-    engine: str = field("vllm", "engine backend: vllm, or hf (transformers generate, the paper's original way)")
+    engine: str = field("vllm", "engine backend: vllm; hf (transformers generate, the paper's original way); "
+                                "fake (no model, for tests)")
     device: str = field("auto", "cpu, cuda, or auto (cuda when --cuda_devices is given)")
     cuda_devices: str | None = field(None, "comma-separated GPU ids, one engine each, e.g. 0,1,2,3")
     num_engines: int = field(1, "engines on CPU (each gets its own cores)")
@@ -92,8 +98,12 @@ class RunConfig:
             bad("save_best", self.save_best, "needs --eval_every K to know which model is best")
         if self.temperature < 0:
             bad("temperature", self.temperature, "must be >= 0 (0 is greedy)")
-        if self.engine not in ("vllm", "hf"):
-            bad("engine", self.engine, "use vllm or hf")
+        if self.engine not in BACKENDS:
+            bad("engine", self.engine, f"use one of {', '.join(BACKENDS)}")
+        if self.task not in TASKS:
+            bad("task", self.task, f"use one of {', '.join(TASKS)} (any task takes --data FILE and --reward)")
+        if self.shaping not in SHAPINGS:
+            bad("shaping", self.shaping, f"use one of {', '.join(SHAPINGS)}")
         if self.device not in ("auto", "cpu", "cuda"):
             bad("device", self.device, "use cpu, cuda or auto")
         if self.precision not in ("auto", "bfloat16", "float16", "float32"):
@@ -127,6 +137,46 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """`python -m esvllm.eval`: greedy evaluation of a model on held-out data."""
+
+    model: str = field(None, "HF checkpoint directory or built-in model name (required)")
+    task: str = field("countdown", "task of the data and default reward (countdown, conciseness)")
+    data: str | None = field(None, "data file (.json, .jsonl, HF dataset dir); all of it is evaluated")
+    reward: str | None = field(None, "reward name or module:function; default: the task's")
+    data_sample: int = field(200, "training samples the run used (skipped: the held-out split follows them)")
+    test_size: int = field(64, "held-out samples (built-in data)")
+    global_seed: int = field(42, "seed of the built-in data")
+    engine: str = field("vllm", "engine backend (vllm, hf, fake)")
+    num_engines: int = field(1, "engines evaluating in parallel")
+    device: str = field("cpu", "cpu or cuda")
+    precision: str = field("auto", "model dtype in vLLM")
+    max_tokens: int = field(1024, "most tokens per completion")
+    max_model_len: int = field(2048, "longest prompt + completion")
+    output: str | None = field(None, "per-sample JSONL (default: <model>/eval.jsonl)")
+
+    def __post_init__(self):
+        def bad(flag, value, fix):
+            raise ValueError(f"--{flag} {value!r}: {fix}")
+
+        if not self.model:
+            bad("model", self.model, "name the checkpoint directory to evaluate")
+        if self.task not in TASKS:
+            bad("task", self.task, f"use one of {', '.join(TASKS)}")
+        if self.engine not in BACKENDS:
+            bad("engine", self.engine, f"use one of {', '.join(BACKENDS)}")
+        for name in ("max_tokens", "max_model_len", "num_engines", "test_size"):
+            if getattr(self, name) < 1:
+                bad(name, getattr(self, name), "must be >= 1")
+        if self.device not in ("cpu", "cuda"):
+            bad("device", self.device, "use cpu or cuda")
+
+    @property
+    def reward_spec(self) -> str:
+        return self.reward or self.task
 
 
 def load_experiment(name: str) -> dict:

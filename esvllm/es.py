@@ -1,15 +1,18 @@
-"""ES math as pure functions: the seed schedule, reward shaping and the update coefficients.
+"""ES math as pure functions: the seed schedule, fitness shaping and the update coefficients.
 
 Paper (arXiv 2509.24372, Algorithm 1): with rewards R_1..R_N of the perturbed models
 θ + σ·ε_n, the update is θ ← θ + α/N · Σ_n Z_n · ε_n, where Z_n = (R_n - mean(R)) / std(R).
 The coordinator sends only the pairs (seed_n, α/N · Z_n); each engine regenerates ε_n itself.
+
+Fitness shaping is a registry of pure functions `rewards -> weights` (SHAPINGS); the paper's z-score
+is the default. Every function is deterministic, including on ties.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 from esvllm.noise import MAX_SEED
 
@@ -35,12 +38,16 @@ def member_seeds(global_seed: int, iteration: int, population_size: int) -> list
     return seeds
 
 
-def zscore(rewards: Sequence[float], epsilon: float = STD_EPSILON) -> list[float]:
-    """(R - mean) / std over the population (population std). All-equal rewards give zeros, not NaN."""
+def _check(rewards: Sequence[float]) -> None:
     if not rewards:
-        raise ValueError("zscore of an empty population")
+        raise ValueError("fitness shaping of an empty population")
     if not all(math.isfinite(r) for r in rewards):
         raise ValueError(f"non-finite reward in {list(rewards)}")
+
+
+def zscore(rewards: Sequence[float], epsilon: float = STD_EPSILON) -> list[float]:
+    """(R - mean) / std over the population (population std). All-equal rewards give zeros, not NaN."""
+    _check(rewards)
     mean = sum(rewards) / len(rewards)
     std = math.sqrt(sum((r - mean) ** 2 for r in rewards) / len(rewards))
     if std < epsilon:
@@ -48,6 +55,49 @@ def zscore(rewards: Sequence[float], epsilon: float = STD_EPSILON) -> list[float
     return [(r - mean) / std for r in rewards]
 
 
-def update_coefficients(rewards: Sequence[float], alpha: float) -> list[float]:
-    """α/N · Z_n for each member: the weight of ε_n in the update."""
-    return [alpha / len(rewards) * z for z in zscore(rewards)]
+def centered_rank(rewards: Sequence[float]) -> list[float]:
+    """Ranks scaled to [-0.5, 0.5] (OpenAI-ES): rank / (N - 1) - 0.5, ranks 0..N-1 by reward.
+
+    Tied rewards share the mean of their ranks, so equal rewards get equal weights whatever their
+    order in the population.
+    """
+    _check(rewards)
+    n = len(rewards)
+    if n == 1:
+        return [0.0]
+    order = sorted(range(n), key=lambda i: rewards[i])
+    ranks = [0.0] * n
+    start = 0
+    while start < n:
+        end = start
+        while end + 1 < n and rewards[order[end + 1]] == rewards[order[start]]:
+            end += 1
+        for position in range(start, end + 1):
+            ranks[order[position]] = (start + end) / 2
+        start = end + 1
+    return [r / (n - 1) - 0.5 for r in ranks]
+
+
+def centered(rewards: Sequence[float]) -> list[float]:
+    """Raw rewards minus their mean (no scaling)."""
+    _check(rewards)
+    mean = sum(rewards) / len(rewards)
+    return [r - mean for r in rewards]
+
+
+SHAPINGS: dict[str, Callable[[Sequence[float]], list[float]]] = {
+    "zscore": zscore,  # the paper's
+    "centered_rank": centered_rank,
+    "raw": centered,
+}
+
+
+def shape(rewards: Sequence[float], shaping: str = "zscore") -> list[float]:
+    if shaping not in SHAPINGS:
+        raise ValueError(f"shaping {shaping!r}: use one of {sorted(SHAPINGS)}")
+    return SHAPINGS[shaping](rewards)
+
+
+def update_coefficients(rewards: Sequence[float], alpha: float, shaping: str = "zscore") -> list[float]:
+    """α/N · f_n for each member, f the shaped rewards: the weight of ε_n in the update."""
+    return [alpha / len(rewards) * f for f in shape(rewards, shaping)]

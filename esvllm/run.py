@@ -12,9 +12,7 @@ and the final model in HF format (final/).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import dataclasses
 import json
 import logging
 import signal
@@ -22,35 +20,18 @@ import sys
 import time
 from pathlib import Path
 
+from esvllm.cli import build_parser
 from esvllm.config import RunConfig, check_environment, load_experiment
 
 ALIASES = {"output_dir": ["--experiment_dir"], "model_name": ["--model"]}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m esvllm.run", description="Fine-tune an LLM with ES on vLLM engines.",
-                                     argument_default=argparse.SUPPRESS)
-    for f in dataclasses.fields(RunConfig):
-        flags = [f"--{f.name}", *ALIASES.get(f.name, [])]
-        help_text = f"{f.metadata['help']} (default: {f.default})"
-        if f.type in (bool, "bool"):
-            parser.add_argument(*flags, dest=f.name, action="store_true", help=help_text)
-        else:
-            parser.add_argument(*flags, dest=f.name, type=_parser_type(f), help=help_text, metavar=f.name.upper())
-    return parser
-
-
-def _parser_type(f: dataclasses.Field):
-    kind = str(f.type)
-    if "int" in kind:
-        return int
-    if "float" in kind:
-        return float
-    return str
+def parser():
+    return build_parser(RunConfig, "python -m esvllm.run", "Fine-tune an LLM with ES on vLLM engines.", ALIASES)
 
 
 def resolve_config(argv: list[str] | None = None) -> RunConfig:
-    args = vars(build_parser().parse_args(argv))
+    args = vars(parser().parse_args(argv))
     if args.get("resume"):  # the stopped run's own config; flags given now override it
         saved = Path(args["resume"]) / "config.json"
         if not saved.is_file():
@@ -75,31 +56,41 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 def prepare_run(config: RunConfig, model_path: str):
-    """(run_dir, records so far, (weights path, iterations they include), RunLog) of a new or resumed run."""
+    """(run_dir, records so far, (weights path, log entries they hold), RunLog, UpdateLog) of a new
+    or resumed run. A resumed run continues after the last iteration of its update log."""
     from esvllm import checkpoint
     from esvllm.runlog import RunLog, read_metrics, run_dir_name
+    from esvllm.updatelog import UpdateLog
 
     if not config.resume:
         run_dir = Path(config.output_dir) / run_dir_name(config.experiment, config.model_name, config.global_seed)
-        return run_dir, [], (model_path, 0), RunLog(run_dir, {**config.to_dict(), "model_path": model_path})
+        runlog = RunLog(run_dir, {**config.to_dict(), "model_path": model_path})
+        return run_dir, [], (model_path, 0), runlog, UpdateLog.create(run_dir)
     run_dir = Path(config.resume)
-    records = read_metrics(run_dir)
-    latest = checkpoint.latest_checkpoint(run_dir)
+    log = UpdateLog.load(run_dir)
     weights = (model_path, 0)
+    latest = checkpoint.latest_checkpoint(run_dir)
     if latest is not None:
         state = checkpoint.load_state(latest)
+        if state["model_iteration"] > len(log):
+            raise ValueError(f"{latest}: its weights hold {state['model_iteration']} iterations but "
+                             f"{run_dir}/updates.jsonl only {len(log)}; the update log was truncated")
         weights = (checkpoint.model_path(run_dir, state), state["model_iteration"])
-        if len(records) < state["iteration"]:  # metrics.jsonl lost lines: the checkpoint has them all
-            records = state["metrics"]
-    return run_dir, records, weights, RunLog(run_dir, config.to_dict(), resumed_records=records)
+    records = read_metrics(run_dir)[: len(log)]  # a metrics line of an uncommitted iteration is dropped
+    if len(records) < len(log):
+        logging.getLogger(__name__).warning("metrics.jsonl has %d of %d iterations; plots start late",
+                                            len(records), len(log))
+    return run_dir, records, weights, RunLog(run_dir, config.to_dict(), resumed_records=records), log
 
 
 def train(config: RunConfig) -> Path:
     """Start the engines, run (or resume) every iteration, export final/, stop engines and Ray."""
     import ray
 
+    from engines.fleet import Fleet
     from engines.pool import EngineOptions, EnginePool, init_ray
     from esvllm.coordinator import Coordinator
+    from esvllm.eval import Evaluator
     from esvllm.models import resolve_model
     from esvllm.runlog import write_atomic
     from esvllm.scoring import Scorer
@@ -107,17 +98,13 @@ def train(config: RunConfig) -> Path:
 
     scorer = Scorer(config.reward_spec, config.reward_fallback, config.reward_timeout)
     train_set, test_set = task_splits(config.task, config.data, config.data_sample, config.test_size, config.global_seed)
+    evaluator = Evaluator(test_set, scorer, config.max_tokens) if config.eval_every else None
     base_model = resolve_model(config.model_name)
-    run_dir, records, weights, runlog = prepare_run(config, base_model)
-    start = len(records)
+    run_dir, records, weights, runlog, log = prepare_run(config, base_model)
+    start = len(log)
     print(f"run directory: {run_dir}" + (f" (resuming at iteration {start})" if config.resume else ""), flush=True)
 
-    options = EngineOptions(
-        device=config.resolved_device, backend=config.engine, num_engines=config.num_engines,
-        cuda_devices=config.gpu_ids or None, dtype=config.precision, master_dtype=config.master_dtype,
-        noise_cache_mb=config.noise_cache_mb, max_model_len=config.max_model_len,
-        seed=config.global_seed,
-    )
+    options = EngineOptions.from_config(config)
     owns_ray = init_ray(config.ray_address, verbose=config.verbose,
                         num_cpus=None if config.ray_address else max(options.num_engines, 1))
     pool = coordinator = None
@@ -127,13 +114,12 @@ def train(config: RunConfig) -> Path:
             pool = EnginePool.start(weights[0], options, config.ray_address)
             print(f"{len(pool.engines)} engine(s) ready in {time.perf_counter() - started:.1f}s", flush=True)
             write_atomic(run_dir / "engines.json", json.dumps([e.info for e in pool.engines], indent=2))
-            coordinator = Coordinator(config, pool, train_set, scorer, runlog, test=test_set, run_dir=run_dir,
-                                      records=records, weights=weights)
-            for pairs in coordinator.updates[weights[1]:]:  # resume: replay the update log since the weights
-                coordinator.broadcast("apply_update", pairs)
+            fleet = Fleet(pool, log, weights)
+            fleet.catch_up_all()  # resume: replay the update log since the starting weights
+            coordinator = Coordinator(config, fleet, train_set, scorer, runlog, evaluator, run_dir, records)
             coordinator.run(start=start)
             coordinator.save()
-            final = pool.engines[0].export(str(run_dir / "final"))
+            final = fleet.export(str(run_dir / "final"))
             print(f"final model: {final}")
     except KeyboardInterrupt:
         if coordinator is not None and pool.engines:

@@ -81,3 +81,19 @@ def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def progress_bar(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="member", leave=False, disable=not enabled, dynamic_ncols=True)
+
+
+def summary_line(r: dict, total: int) -> str:
+    """The console's one line per iteration."""
+    comps = " ".join(f"{k}={v:.3f}" for k, v in r["components"].items())
+    evals = " | eval " + " ".join(f"{k}={v:.3f}" for k, v in r["eval"].items()
+                                  if isinstance(v, float)) if "eval" in r else ""
+    return (f"iter {r['iteration'] + 1}/{total} reward {r['reward_mean']:.4f} ± {r['reward_std']:.4f} "
+            f"[{r['reward_min']:.3f}, {r['reward_max']:.3f}] {comps} | {r['time']['iteration_s']:.1f}s "
+            f"{r['tokens_per_s']:.0f} tok/s | update norm {r['update_norm']:.3g}{evals}")

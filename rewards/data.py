@@ -15,7 +15,7 @@ from rewards.conciseness import generate_length_prompts
 from rewards.countdown import generate_problems
 
 GENERATORS = {"countdown": generate_problems, "conciseness": generate_length_prompts}
-DEFAULT_REWARD = {"countdown": "countdown", "conciseness": "conciseness"}
+TASKS = tuple(GENERATORS)  # each task's default reward has the task's name
 
 
 def load_samples(path: str) -> list[dict]:

@@ -1,4 +1,4 @@
-"""Shared pieces of the training tests: the small run they all compare against."""
+"""Shared pieces of the training tests: the small runs they compare against."""
 
 import torch
 from safetensors.torch import load_file
@@ -10,10 +10,12 @@ ARGS = ["--model_name", "tiny", "--task", "conciseness", "--num_engines", "2", "
         "--max_tokens", "12", "--max_model_len", "128", "--global_seed", "3", "--noise_cache_mb", "64"]
 # Checkpoints, eval and best-model export must not change the trajectory: the first run uses them.
 EXTRAS = ["--save_every", "1", "--eval_every", "3", "--save_best"]
+# The same run on fake engines (engines.fake): the real ES state, no model; seconds, not minutes.
+FAKE = ARGS + ["--engine", "fake"]
 
 
-def run(tmp_path, name, extra=()):
-    return main(ARGS + list(extra) + ["--output_dir", str(tmp_path / name)])
+def run(tmp_path, name, extra=(), base=ARGS):
+    return main(list(base) + list(extra) + ["--output_dir", str(tmp_path / name)])
 
 
 def final_weights(run_dir):
@@ -27,3 +29,7 @@ def same_weights(a, b):
 def without_timing(records):
     volatile = ("time", "tokens_per_s", "engine_restarts")
     return [{k: v for k, v in r.items() if k not in volatile} for r in records]
+
+
+def without_eval(records):
+    return [{k: v for k, v in r.items() if k != "eval"} for r in without_timing(records)]

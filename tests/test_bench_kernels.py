@@ -1,4 +1,4 @@
-"""The GPU kernel benchmark (esvllm.bench_kernels) times the right tensors and the right arithmetic.
+"""The GPU kernel benchmark (benchmarks.kernels) times the right tensors and the right arithmetic.
 
 It runs on the device machine with torch only; here it is checked on CPU at the toy size.
 """
@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from esvllm.bench_kernels import SHAPES, main, qwen2_tensors
+from benchmarks.kernels import SHAPES, main, qwen2_tensors
 
 
 @pytest.mark.parametrize("size", list(SHAPES))
@@ -24,18 +24,28 @@ def test_the_benchmarked_tensors_are_those_of_a_real_qwen2_model(size):
     assert qwen2_tensors(size) == real
 
 
-def test_the_kernel_benchmark_runs_on_cpu_and_writes_its_figures(tmp_path):
+def check_figures(results: dict) -> None:
+    """Every time is reported against the bytes its verb must move at the bandwidth measured in the run."""
+    [figures] = results["sizes"]
+    params = sum(torch.Size(s).numel() for s in qwen2_tensors("toy").values())
+    assert figures["parameters"] == params
+    bandwidth, model_bytes = results["bandwidth"], 2  # bfloat16 model weights
+    expected = {"noise": 4 * params / bandwidth, "perturb": (4 + model_bytes) * params / bandwidth,
+                "update": (8 + model_bytes) * params / bandwidth}
+    for verb, floor in expected.items():
+        assert figures["floor_s"][verb] == pytest.approx(floor)
+        assert figures[f"{verb}_over_floor"] == pytest.approx(figures[f"{verb}_s"] / floor)
+
+
+def test_the_kernel_benchmark_reports_each_time_against_its_bytes_at_the_measured_bandwidth(tmp_path):
     out = tmp_path / "kernels.json"
-    main(["--device", "cpu", "--sizes", "toy", "--population", "3", "--repeats", "1", "--json", str(out)])
-    [figures] = json.loads(out.read_text())["sizes"]
-    assert figures["parameters"] == sum(torch.Size(s).numel() for s in qwen2_tensors("toy").values())
-    for key in ("noise_over_floor", "perturb_over_floor", "update_over_floor"):
-        assert figures[key] > 0, key
+    main(["--device", "cpu", "--sizes", "toy", "--population", "3", "--repeats", "1", "--copy_elements",
+          str(2**22), "--json", str(out)])
+    check_figures(json.loads(out.read_text()))
 
 
 @pytest.mark.gpu
-def test_the_kernel_benchmark_runs_on_cuda_and_writes_its_figures(tmp_path):
+def test_the_kernel_benchmark_runs_on_cuda_and_reports_against_the_bandwidth(tmp_path):
     out = tmp_path / "kernels.json"
     main(["--device", "cuda", "--sizes", "toy", "--population", "3", "--repeats", "1", "--json", str(out)])
-    [figures] = json.loads(out.read_text())["sizes"]
-    assert figures["noise_over_floor"] > 0 and figures["update_over_floor"] > 0
+    check_figures(json.loads(out.read_text()))

@@ -35,6 +35,9 @@ def fails_with(argv, *fragments):
         (["--cuda_devices", "a,b"], ["--cuda_devices", "a,b"]),
         (["--batch_size", "500", "--data_sample", "10"], ["--batch_size", "500"]),
         (["--noise_cache_mb", "-1"], ["--noise_cache_mb", "-1"]),
+        (["--task", "no_such_task"], ["--task", "no_such_task", "countdown"]),
+        (["--shaping", "ranks"], ["--shaping", "ranks", "centered_rank"]),
+        (["--engine", "tensorrt"], ["--engine", "tensorrt", "vllm"]),
     ],
 )
 def test_bad_config_fails_before_any_engine_starts(argv, fragments, monkeypatch):
@@ -74,3 +77,20 @@ def test_help_answers_without_importing_torch_vllm_or_ray():
 @pytest.mark.skipif(count_gpus() > 0, reason="this machine has a GPU")
 def test_cuda_devices_on_a_machine_without_cuda_is_refused():
     fails_with(["--cuda_devices", "0,1"], "--cuda_devices", "0,1", "no CUDA GPU")
+
+
+def test_a_bool_a_preset_turns_on_can_be_turned_off():
+    config = resolve_config(["--eval_every", "2", "--save_best", "--no-save_best"])
+    assert config.save_best is False
+    assert resolve_config(["--eval_every", "2", "--save_best"]).save_best is True
+
+
+@pytest.mark.parametrize("argv, fragment", [(["--model", "tiny", "--task", "nope"], "--task 'nope'"),
+                                             (["--model", "tiny", "--max_tokens", "0"], "--max_tokens 0"),
+                                             (["--task", "countdown"], "--model None")])
+def test_the_eval_cli_checks_its_flags_like_the_training_cli(argv, fragment):
+    from esvllm.eval import main as evaluate
+
+    with pytest.raises(SystemExit) as info:
+        evaluate(argv)
+    assert fragment in str(info.value.code)

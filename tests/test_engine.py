@@ -1,8 +1,9 @@
 """The engine verbs on real vLLM CPU engines in Ray actors, checked against independent computations.
 
-Expected weights are computed here from the HF checkpoint on disk and `esvllm.noise`; the engine's
-weights are read back through its own compute kernels (`read_weights`), so vLLM's repacked linear
-layers cannot escape.
+Expected weights are computed here from the engine's base weights at the start of each test and
+`esvllm.noise`; the engine's weights are read back through its own compute kernels (`read_weights`),
+so vLLM's repacked linear layers cannot escape. Tests may run in any order: each one that changes
+the base weights changes both engines of the pair alike, so they are in step for the next.
 """
 
 import pytest
@@ -22,6 +23,10 @@ def checkpoint(tiny_model):
     return load_file(f"{tiny_model}/model.safetensors")
 
 
+def in_step(a, b):
+    assert a.checksum(base_only=True) == b.checksum(base_only=True), "the pair is out of step"
+
+
 def texts(engine):
     return [c["text"] for c in engine.generate(PROMPTS, GREEDY)]
 
@@ -37,13 +42,15 @@ def test_the_cpu_backend_really_packs_the_fused_linears(fresh_pair):
 def test_every_hf_tensor_equals_base_plus_sigma_eps_after_perturb(fresh_pair, checkpoint):
     engine = fresh_pair[0]
     sigma, seed = 0.01, 424242
-    engine.perturb(seed, sigma)
+    base_weights = engine.master_weights()
+    done = engine.perturb(seed, sigma)
+    assert (done["tensors"], done["parameters"]) == (engine.info["tensors"], engine.info["parameters"])
     try:
         effective = engine.read_weights()
     finally:
         engine.restore()
     assert set(effective) == set(checkpoint)  # every HF tensor, q/k/v and gate/up included
-    for name, base in checkpoint.items():
+    for name, base in base_weights.items():
         expected = base + sigma * noise(seed, name, base.shape)
         # Within one fp32 rounding of the fused multiply-add.
         torch.testing.assert_close(effective[name], expected, rtol=2e-7, atol=1e-8, msg=lambda m: f"{name}: {m}")
@@ -76,9 +83,13 @@ def test_restore_is_bit_exact_after_100_perturb_restore_cycles(fresh_pair):
 
 def test_apply_update_equals_an_independent_fp32_sum(fresh_pair):
     engine = fresh_pair[0]
+    in_step(*fresh_pair)
     pairs = [(11, 3e-3), (12, -1e-3), (2**31 - 1, 5e-4)]
     base = engine.master_weights()
-    engine.apply_update(pairs)
+    try:
+        engine.apply_update(pairs)
+    finally:
+        fresh_pair[1].apply_update(pairs)  # keep the pair in step for the other tests
     master, effective = engine.master_weights(), engine.read_weights()
     for name, b in base.items():
         expected = b.clone()
@@ -86,28 +97,31 @@ def test_apply_update_equals_an_independent_fp32_sum(fresh_pair):
             expected += coeff * noise(seed, name, b.shape)
         torch.testing.assert_close(master[name], expected, rtol=4e-7, atol=1e-8, msg=lambda m: f"{name}: {m}")
         assert torch.equal(effective[name], master[name]), name  # fp32 engine runs the master
-    fresh_pair[1].apply_update(pairs)  # keep the pair in step for the tests below
 
 
 def test_two_engines_with_the_same_updates_agree_and_an_extra_update_splits_them(fresh_pair):
     a, b = fresh_pair
+    in_step(a, b)
     for engine in (a, b):
         engine.apply_update([(5, 1e-3), (6, -2e-3)])
     assert a.checksum() == b.checksum()
-    a.apply_update([(7, 1e-4)])
-    assert a.checksum() != b.checksum()
-    b.apply_update([(7, 1e-4)])
+    try:
+        a.apply_update([(7, 1e-4)])
+        assert a.checksum() != b.checksum()
+    finally:
+        b.apply_update([(7, 1e-4)])
     assert a.checksum() == b.checksum()
 
 
 def test_an_update_reusing_this_engines_own_noise_equals_one_that_draws_it_again(fresh_pair):
     a, b = fresh_pair
+    in_step(a, b)
     pairs = [(21, 2e-3), (22, -1e-3), (23, 4e-4)]
     base = a.master_weights()
     for seed, _ in pairs[:2]:  # engine a evaluates members 21 and 22 and keeps their noise
         a.perturb(seed, 0.01)
-    assert a.apply_update(pairs)["noise_reused"] == 2
-    assert b.apply_update(pairs)["noise_reused"] == 0  # b draws all three again
+    reused = [a.apply_update(pairs)["noise_reused"], b.apply_update(pairs)["noise_reused"]]
+    assert reused == [2, 0]  # b draws all three again
     assert a.checksum() == b.checksum()  # bit-identical: the engines stay in step
     master = a.master_weights()
     for name, w in base.items():
@@ -115,10 +129,9 @@ def test_an_update_reusing_this_engines_own_noise_equals_one_that_draws_it_again
         torch.testing.assert_close(master[name], expected, rtol=4e-7, atol=1e-8, msg=lambda m: f"{name}: {m}")
 
 
-def test_checksum_sees_a_perturbation(fresh_pair):
+def test_checksum_sees_a_perturbation_and_restore_reports_the_base_checksum(fresh_pair):
     engine = fresh_pair[0]
     base = engine.checksum()
     engine.perturb(3, 0.01)
     perturbed = engine.checksum()
-    engine.restore()
-    assert perturbed != base and engine.checksum() == base
+    assert engine.restore() == base != perturbed

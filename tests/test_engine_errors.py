@@ -34,7 +34,11 @@ def test_more_cpu_engines_than_cores_is_refused():
 def test_a_call_to_a_dead_engine_names_it(ray_session, tiny_model):
     import ray
 
-    engine = start_pool(tiny_model, num_engines=1).engines[0]
-    ray.kill(engine.actor)
-    with pytest.raises(EngineDiedError, match=f"engine 0 \\(pid {engine.info['pid']}\\) died"):
-        engine.checksum()
+    pool = start_pool(tiny_model, num_engines=1)
+    engine = pool.engines[0]
+    try:
+        ray.kill(engine.actor)
+        with pytest.raises(EngineDiedError, match=f"engine 0 \\(pid {engine.info['pid']}\\) died"):
+            engine.checksum()
+    finally:
+        pool.shutdown()

@@ -62,12 +62,11 @@ def test_export_loads_in_transformers_with_the_engines_logits(engine_pair, tmp_p
 def test_export_loads_in_vllm_with_identical_weights(engine_pair, tmp_path):
     engine = engine_pair[0]
     path = engine.export(str(tmp_path / "export"))
-    reloaded = start_pool(path, num_engines=1).engines[0]
+    pool = start_pool(path, num_engines=1)
+    reloaded = pool.engines[0]
     try:
         assert reloaded.checksum() == engine.checksum()
         greedy = {"temperature": 0.0, "max_tokens": 16}
         assert reloaded.generate(PROMPTS, greedy) == engine.generate(PROMPTS, greedy)
     finally:
-        import ray
-
-        ray.kill(reloaded.actor)
+        pool.shutdown()

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from esvllm.es import member_seeds, update_coefficients, zscore
+from esvllm.es import SHAPINGS, centered_rank, member_seeds, update_coefficients, zscore
 
 
 def test_zscore_matches_hand_computed_values():
@@ -35,3 +35,31 @@ def test_member_seeds_are_distinct_31_bit_and_recomputable():
     assert max(seeds) > 2**30  # drawn over the full range, not small integers
     assert set(seeds).isdisjoint(member_seeds(42, 8, 64))
     assert set(seeds).isdisjoint(member_seeds(43, 7, 64))
+
+
+def test_centered_ranks_span_minus_half_to_half_and_ties_share_their_mean_rank():
+    assert centered_rank([10.0, -3.0, 7.0]) == pytest.approx([0.5, -0.5, 0.0])
+    # 1 < 2 = 2 < 5: ranks 0, 1.5, 1.5, 3 over N-1 = 3
+    assert centered_rank([2.0, 5.0, 1.0, 2.0]) == pytest.approx([0.0, 0.5, -0.5, 0.0])
+
+
+@pytest.mark.parametrize("shaping", sorted(SHAPINGS))
+def test_every_shaping_is_zero_mean_order_preserving_and_deterministic(shaping):
+    import random
+
+    rewards = [random.Random(i).uniform(-3, 3) for i in range(9)] + [0.5, 0.5]
+    shaped = SHAPINGS[shaping](rewards)
+    assert sum(shaped) == pytest.approx(0.0, abs=1e-12)
+    for i in range(len(rewards)):
+        for j in range(len(rewards)):
+            if rewards[i] < rewards[j]:
+                assert shaped[i] < shaped[j]
+            if rewards[i] == rewards[j]:
+                assert shaped[i] == shaped[j]
+    assert SHAPINGS[shaping](list(reversed(rewards))) == pytest.approx(list(reversed(shaped)), abs=1e-12)
+    assert update_coefficients(rewards, 0.1, shaping) == pytest.approx([0.1 / 11 * f for f in shaped])
+
+
+def test_an_unknown_shaping_is_named():
+    with pytest.raises(ValueError, match="'ranks'"):
+        update_coefficients([1.0, 2.0], 0.1, "ranks")

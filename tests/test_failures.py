@@ -1,6 +1,8 @@
-"""Runs survive what goes wrong: a killed coordinator, a dead engine, a hung reward, SIGTERM, bad disks.
+"""Runs on real vLLM engines survive what goes wrong: a killed coordinator, a dead engine, a hung
+reward, SIGTERM, bad disks.
 
 Each disturbed run is compared with the undisturbed run of the same arguments (tests.test_training).
+The other engine-death cases run on fake engines in tests/test_recovery.py.
 """
 
 import signal
@@ -106,21 +108,10 @@ def test_a_hung_reward_is_cut_off_and_scored_with_the_fallback(tmp_path, ray_ses
 
     train, _ = task_splits("conciseness", None, 6, 4, 3)
     monkeypatch.setenv("ESVLLM_TEST_HANG_PROMPT", train[0]["prompt"])
-    started = time.monotonic()
     run_dir = main(ARGS + ["--output_dir", str(tmp_path), "--num_iterations", "1",
                            "--reward", "tests.reward_helpers:hangs_on_one_prompt", "--reward_timeout", "2"])
-    elapsed = time.monotonic() - started
     [record] = read_metrics(run_dir)
-    assert record["reward_timeouts"] == 4  # the hung prompt, once per member
-    assert elapsed < 600  # not an hour per stuck call
-
-
-def test_a_reward_that_always_raises_stops_the_run_with_its_exception(tmp_path, ray_session):
-    from esvllm.coordinator import RewardFailed
-
-    with pytest.raises(RewardFailed) as info:
-        main(ARGS + ["--output_dir", str(tmp_path), "--reward", "tests.reward_helpers:always_raises"])
-    assert "broken reward" in str(info.value.__cause__)
+    assert record["reward_timeouts"] == 4  # the hung prompt, once per member, cut off (not an hour each)
 
 
 def test_an_unwritable_output_directory_is_reported_before_start(tmp_path):
@@ -159,18 +150,24 @@ def kill_engine_when_training_starts(output_dir, index):
     return thread
 
 
-def test_when_no_engine_can_start_the_run_saves_a_checkpoint_and_stops(tmp_path, ray_session, monkeypatch):
-    from esvllm.checkpoint import latest_checkpoint, load_state
-    from esvllm.coordinator import Coordinator, NoEngineLeft
-
-    def spawn_from_a_missing_model(self, index):  # the replacement cannot load its model
-        return self.pool.spawn(index, str(tmp_path / "missing-model"))
-
-    monkeypatch.setattr(Coordinator, "spawn_replacement", spawn_from_a_missing_model)
-    killer = kill_engine_when_training_starts(tmp_path, 0)
-    with pytest.raises(NoEngineLeft, match="checkpoint saved"):
-        main(ARGS + KILL_REWARD + ["--num_engines", "1", "--output_dir", str(tmp_path)])
-    killer.join(timeout=5)
-    [run_dir] = [p.parent for p in tmp_path.glob("*/engines.json")]
-    state = load_state(latest_checkpoint(run_dir))
-    assert state["iteration"] == len(read_metrics(run_dir)) == len(state["updates"])
+def test_kill_and_resume_as_a_user_would_ends_bit_identical_to_an_uninterrupted_run(tmp_path, ray_session):
+    # The command of the architecture issue: SIGKILL after 3 of 6 iterations, then --resume. The
+    # engines restart from checkpoints/iter_000003, which --keep_checkpoints 2 prunes before the end.
+    args = ["--experiment", "demo", "--device", "cpu", "--num_engines", "1", "--population_size", "4",
+            "--num_iterations", "6", "--global_seed", "7", "--save_every", "1"]
+    whole = main(args + ["--output_dir", str(tmp_path / "whole")])
+    cmd = [sys.executable, "-m", "esvllm.run", *args, "--output_dir", str(tmp_path / "killed")]
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run_dir = wait_for_iterations(tmp_path / "killed", 3, process)
+    children = descendants(process.pid)
+    process.kill()
+    process.wait()
+    for child in children:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    resumed = main(["--resume", str(run_dir)])
+    assert not (resumed / "checkpoints" / "iter_000003").exists()
+    assert same_weights(final_weights(resumed), final_weights(whole))
+    assert without_timing(read_metrics(resumed)) == without_timing(read_metrics(whole))

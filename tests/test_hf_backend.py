@@ -17,6 +17,16 @@ def hf_and_vllm(ray_session, tiny_model):
     vllm.shutdown()
 
 
+def test_both_backends_start_from_the_checkpoint_bit_for_bit(hf_and_vllm, tiny_model):
+    from safetensors.torch import load_file
+
+    checkpoint = load_file(f"{tiny_model}/model.safetensors")
+    for engine in hf_and_vllm:
+        master = engine.master_weights()
+        assert master.keys() == checkpoint.keys() - {"lm_head.weight"}  # tied: one tensor, one noise
+        assert all(torch.equal(master[n], checkpoint[n]) for n in master)
+
+
 def test_both_backends_perturb_to_identical_weights(hf_and_vllm):
     hf, vllm = hf_and_vllm
     for engine in (hf, vllm):
@@ -37,8 +47,9 @@ def test_both_backends_apply_the_same_update_bit_for_bit(hf_and_vllm):
     assert all(torch.equal(a[n], b[n]) for n in a)
 
 
-def test_the_hf_backend_generates_greedy_text_that_stops_at_eos(hf_and_vllm):
-    hf, _ = hf_and_vllm
-    out = hf.generate(["word of 4 letters after abcdef:", "12+7="], {"temperature": 0.0, "max_tokens": 16})
-    assert len(out) == 2 and all(1 <= c["tokens"] <= 16 for c in out)
-    assert out == hf.generate(["word of 4 letters after abcdef:", "12+7="], {"temperature": 0.0, "max_tokens": 16})
+def test_both_backends_generate_the_same_greedy_text_and_token_counts(hf_and_vllm):
+    hf, vllm = hf_and_vllm
+    prompts = ["word of 4 letters after abcdef:", "12+7=", "Using the numbers [3, 5, 7]"]
+    greedy = {"temperature": 0.0, "max_tokens": 16}
+    assert [(c["text"], c["tokens"]) for c in hf.generate(prompts, greedy)] == \
+        [(c["text"], c["tokens"]) for c in vllm.generate(prompts, greedy)]

@@ -36,7 +36,7 @@ class Model:
 
 def es_state(cache_bytes: int) -> tuple[ESState, Model]:
     model = Model(base_weights())
-    return ESState(model.master, model.write_all, ".", cache_bytes), model
+    return ESState(model.master, model.write_all, None, cache_bytes), model
 
 
 def test_the_budget_sets_how_many_members_are_kept():

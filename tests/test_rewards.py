@@ -61,12 +61,20 @@ def test_conciseness_is_minus_the_length_difference():
     assert conciseness_reward("The capital is Paris", {"target": "Paris"}) == -15
 
 
+# For every registered reward: a sample, a completion it must score best, and one it must score lower.
+BEST_AND_WORSE = {
+    "countdown": (SAMPLE, wrap("44 + 19 + 35"), wrap("44 + 19 - 35"), 1.1),
+    "conciseness": ({"target": "Paris"}, "Paris", "The capital is Paris", 0.0),
+}
+
+
 @pytest.mark.parametrize("name", sorted(REWARDS))
-def test_every_registered_reward_scores_an_empty_completion(name):
-    sample = {**SAMPLE, "target": "abc"} if name == "conciseness" else SAMPLE
-    out = REWARDS[name]("", sample)
-    value = out["reward"] if isinstance(out, dict) else out
-    assert isinstance(value, (int, float))
+def test_every_registered_reward_scores_its_best_answer_highest(name):
+    assert set(BEST_AND_WORSE) == set(REWARDS), "a registered reward has no case here"
+    sample, best, worse, best_value = BEST_AND_WORSE[name]
+    value = lambda c: (lambda out: out["reward"] if isinstance(out, dict) else out)(REWARDS[name](c, sample))
+    assert value(best) == pytest.approx(best_value)
+    assert value(worse) < value(best) and value("") < value(best)
 
 
 def test_reward_specs_resolve_by_name_and_module_function():

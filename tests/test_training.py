@@ -3,7 +3,6 @@ equals alpha/N * sum z_i eps_i recomputed here from the logged seeds and rewards
 
 import json
 import statistics
-import types
 
 import pytest
 import torch
@@ -80,9 +79,13 @@ def test_eval_of_the_exported_model_matches_the_in_training_eval(first_run):
 def test_checkpoints_and_the_best_model_are_written(first_run):
     from esvllm.checkpoint import latest_checkpoint, load_state
 
+    from esvllm.updatelog import UpdateLog
+
     latest = latest_checkpoint(first_run)
     state = load_state(latest)
-    assert state["iteration"] == 3 and len(state["updates"]) == 3
+    log = UpdateLog.load(first_run)
+    assert state["iteration"] == 3 == len(log)
+    assert [[s for s, _ in pairs] for pairs, _ in log.pairs()] == [r["seeds"] for r in read_metrics(first_run)]
     assert (latest / "model" / "model.safetensors").is_file()
     assert len(list((first_run / "checkpoints").glob("iter_*"))) == 2  # --keep_checkpoints 2
     assert (first_run / "best" / "model.safetensors").is_file()
@@ -91,19 +94,3 @@ def test_checkpoints_and_the_best_model_are_written(first_run):
     events = EventAccumulator(str(first_run))
     events.Reload()
     assert "eval/reward" in events.Tags()["scalars"]
-
-
-def test_engines_out_of_step_stop_the_run_with_both_checksums(engine_pair):
-    from esvllm.coordinator import Coordinator, EnginesDisagree
-
-    a, b = engine_pair
-    engines = types.SimpleNamespace(engines=list(engine_pair), model_path=None)  # the pool's engine list
-    coordinator = Coordinator(config=None, pool=engines, train=[], scorer=None)
-    coordinator.check_sync(0)  # in step
-    a.apply_update([(1234, 1e-4)])
-    try:
-        with pytest.raises(EnginesDisagree, match="engine 0 .* engine 1"):
-            coordinator.check_sync(7)
-    finally:
-        b.apply_update([(1234, 1e-4)])
-    assert a.checksum() == b.checksum()

@@ -1,7 +1,7 @@
 """Engine benchmark: ES verbs against the floors they are held to, side by side in one run.
 
     make bench-engine            # tiny and small built-in models, CPU
-    python -m esvllm.bench_engine --models small --population 30 --reps 5
+    python -m benchmarks.engine --models small --population 30 --reps 5
 
 For each model, in a fresh process with one in-process vLLM engine, it times (median of --reps):
 perturb, restore and apply_update(N) in the worker; one plain copy of all weights; drawing the same
@@ -28,7 +28,7 @@ def time_verbs(worker, population: int, reps: int) -> dict:
 
     from esvllm.noise import fill_noise
 
-    masters = list(worker._master.items())
+    masters = list(worker.es_state.tensors().items())
     total = sum(m.numel() for _, m in masters)
     dtype = next(p.dtype for p in worker.model_runner.model.parameters() if p.numel())
     copy_dst = torch.empty(total, dtype=dtype)
@@ -152,7 +152,7 @@ def main(argv=None) -> None:
     results = []
     for model in args.models:  # a fresh process per model: clean memory figures
         print(f"measuring {model} ...", file=sys.stderr, flush=True)
-        out = subprocess.run([sys.executable, "-m", "esvllm.bench_engine", "--one", model, "--population",
+        out = subprocess.run([sys.executable, "-m", "benchmarks.engine", "--one", model, "--population",
                               str(args.population), "--reps", str(args.reps), "--dtype", args.dtype],
                              capture_output=True, text=True)
         line = next((l for l in out.stdout.splitlines() if l.startswith("BENCH ")), None)

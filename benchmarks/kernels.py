@@ -1,7 +1,7 @@
 """Time the ES kernels (noise draw, perturb, update) on Qwen2.5-shaped tensors against memory bandwidth.
 
-    python -m esvllm.bench_kernels --device cuda --sizes 0.5B 1.5B 7B   # on a GPU machine (torch only)
-    python -m esvllm.bench_kernels --device cpu --sizes toy             # a quick run anywhere
+    python -m benchmarks.kernels --device cuda --sizes 0.5B 1.5B 7B   # on a GPU machine (torch only)
+    python -m benchmarks.kernels --device cpu --sizes toy             # a quick run anywhere
 
 No vLLM: the tensors are allocated with the shapes of the named model and driven through the same
 `engines.es_state.ESState` the engines use (fp32 master, model weights in --dtype), so the figures
@@ -69,11 +69,10 @@ def timed(fn, device: str, repeats: int) -> float:
     return statistics.median(samples)
 
 
-def copy_bandwidth(device: str, repeats: int) -> float:
-    """Bytes per second of one large device-to-device copy (read + write counted)."""
+def copy_bandwidth(device: str, repeats: int, n: int = 256 * 2**20) -> float:
+    """Bytes per second of one large device-to-device copy of n floats (read + write counted)."""
     import torch
 
-    n = 256 * 2**20
     src, dst = torch.ones(n, device=device), torch.empty(n, device=device)
     seconds = timed(lambda: dst.copy_(src), device, repeats)
     return 2 * 4 * n / seconds
@@ -95,7 +94,7 @@ def bench_size(size: str, device: str, dtype: str, population: int, repeats: int
         for name, tensor in master.items():
             write(name, tensor, model[name])
 
-    es = ESState(master, write_all, Path("."), noise_cache_bytes=0)
+    es = ESState(master, write_all, None, noise_cache_bytes=0)
     params = sum(t.numel() for t in master.values())
     elt = torch.empty(0, dtype=model_dtype).element_size()
 
@@ -148,13 +147,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--population", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--copy_elements", type=int, default=256 * 2**20,
+                        help="floats copied to measure the bandwidth (two buffers of this size)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA GPU here; use --device cpu")
-    bandwidth = copy_bandwidth(args.device, args.repeats)
+    bandwidth = copy_bandwidth(args.device, args.repeats, args.copy_elements)
     results = {
         "date": time.strftime("%Y-%m-%d"), "device": args.device, "dtype": args.dtype, "population": args.population,
         "device_name": torch.cuda.get_device_name(0) if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads",

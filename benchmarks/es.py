@@ -1,8 +1,8 @@
 """ES throughput against pure inference and against the reference HF backend, in one run.
 
     make bench                                   # CPU: tiny and small (+ medium); writes bench/results.*
-    python -m esvllm.bench --models tiny --scaling 16 --size_models   # tiny only, no medium
-    python -m esvllm.bench --device cuda --engines 4 --models /models/Qwen2.5-0.5B-Instruct   # GPUs
+    python -m benchmarks.es --models tiny --scaling 16 --size_models   # tiny only, no medium
+    python -m benchmarks.es --device cuda --engines 4 --models /models/Qwen2.5-0.5B-Instruct   # GPUs
 
 Figures (medians over --iterations ES iterations, after one warm-up iteration):
 1. ES efficiency: tokens/s of full ES iterations / tokens/s of plain vLLM `generate` on the same
@@ -66,16 +66,16 @@ class Bench:
                          test_size=0, engine=engine, num_iterations=self.iterations + 1, max_model_len=256)
 
     def es_iterations(self, pool, config, fixed_length: bool) -> list[dict]:
+        from engines.fleet import Fleet
         from esvllm.coordinator import Coordinator
         from esvllm.scoring import Scorer
+        from esvllm.updatelog import UpdateLog
 
-        coordinator = Coordinator(config, pool, self.samples, Scorer("conciseness"), progress=False)
-        if fixed_length:
-            coordinator.extra_sampling = {"ignore_eos": True}
-        records = []
-        for i in range(config.num_iterations):
-            records.append(coordinator.step(i))
-            coordinator.records.append(records[-1])
+        fleet = Fleet(pool, UpdateLog())
+        fleet.catch_up_all()
+        coordinator = Coordinator(config, fleet, self.samples, Scorer("conciseness"), progress=False,
+                                  sampling_overrides={"ignore_eos": True} if fixed_length else None)
+        records = [coordinator.step(i) for i in range(config.num_iterations)]
         return records[1:]  # the first is warm-up
 
     def plain_generate(self, pool, population: int, all_at_once: bool) -> float:

@@ -1,0 +1,75 @@
+"""A stand-in engine with no model, for fast tests of everything around the engines (`--engine fake`).
+
+It holds the real ES state (engines.es_state) over the checkpoint's tensors, so perturb, update,
+checksum and export are the engines' own code; only generation is fake: each completion is text
+hashed from the current weights (perturbation included) and the prompt, so it changes whenever the
+weights do and is the same on every engine holding the same weights.
+
+Test hook: `die_on_call` (from EngineOptions.die_on_call; for a whole run ESVLLM_FAKE_DIE_ON_CALL,
+e.g. "1:3" or "1:apply_update:2") makes the engine's process exit at its k-th call, counting `rpc`
+and `generate` calls (a rollout is one of each), or only the RPCs of the named method.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import string
+import time
+
+from engines.actor_base import EngineActorBase
+
+ALPHABET = string.ascii_lowercase + " "
+
+
+class FakeEngineActor(EngineActorBase):
+    def __init__(self, index: int, model_path: str, options: dict):
+        import torch
+
+        from engines.es_state import ESState, load_checkpoint
+
+        started = time.perf_counter()
+        master = load_checkpoint(model_path, "cpu", getattr(torch, options.get("master_dtype", "float32")))
+        self.weights = {name: torch.empty(t.shape, dtype=getattr(torch, options.get("dtype", "float32")))
+                        for name, t in master.items()}
+        self.es = ESState(master, self._write_all, model_path, options.get("noise_cache_bytes", 0))
+        self.es.restore()
+        self.die_on_call = options.get("die_on_call")  # (method or None, k)
+        self.calls = 0
+        self.info = self.es.info()
+        self.describe(index, started, backend="fake")
+
+    def _write_all(self, write) -> None:
+        for name, master in self.es.tensors().items():
+            write(name, master, self.weights[name])
+
+    def _count_call(self, method: str | None = None) -> None:
+        if not self.die_on_call:
+            return
+        target, k = self.die_on_call
+        if target is None or target == method:
+            self.calls += 1
+            if self.calls >= k:
+                os._exit(1)  # like a crash: no cleanup, the actor is gone
+
+    def rpc(self, method: str, *args):
+        self._count_call(method)
+        if method == "read_weights":
+            names = args[0] if args else None
+            return {n: self.weights[n].float().clone() for n in names or list(self.weights)}
+        return getattr(self.es, method)(*args)
+
+    def generate(self, prompts: list[str], sampling: dict) -> list[dict]:
+        self._count_call("generate")
+        digest = hashlib.blake2b(digest_size=16)
+        for tensor in self.weights.values():
+            digest.update(tensor.numpy().tobytes())
+        state = digest.digest()
+        limit = int(sampling["max_tokens"])
+        completions = []
+        for prompt in prompts:
+            stream = hashlib.shake_256(state + prompt.encode()).digest(limit + 1)
+            length = stream[0] % (limit + 1)
+            text = "".join(ALPHABET[b % len(ALPHABET)] for b in stream[1 : length + 1])
+            completions.append({"text": text, "tokens": min(length + 1, limit)})  # + EOS when it stopped
+        return completions

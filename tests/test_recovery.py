@@ -1,0 +1,141 @@
+"""Runs survive dead engines, on fake engines (engines.fake: the real ES state, no model).
+
+Every disturbed run is compared with the undisturbed run of the same arguments: the same metrics
+(timing aside) and the same final weights, bit for bit. The fleet (engines.fleet) and coordinator
+code is the one that drives real vLLM engines; tests/test_failures.py repeats the key cases there.
+"""
+
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from esvllm.noise import noise
+from esvllm.runlog import read_metrics
+
+from .helpers import FAKE, final_weights, run, same_weights, without_eval
+
+FIVE = ["--num_iterations", "5", "--save_every", "1", "--keep_checkpoints", "2"]
+
+
+@pytest.fixture(scope="module")
+def reference(ray_session, tmp_path_factory):
+    """The undisturbed five-iteration fake run."""
+    return run(tmp_path_factory.mktemp("fake"), "ref", FIVE, base=FAKE)
+
+
+def disturbed(tmp_path, monkeypatch, fault, extra=()):
+    monkeypatch.setenv("ESVLLM_FAKE_DIE_ON_CALL", fault)
+    return run(tmp_path, "run", [*FIVE, *extra], base=FAKE)
+
+
+def assert_same_run(run_dir, reference):
+    assert without_eval(read_metrics(run_dir)) == without_eval(read_metrics(reference))
+    assert same_weights(final_weights(run_dir), final_weights(reference))
+
+
+def test_the_final_weights_equal_base_plus_the_logged_updates(reference, tiny_model):
+    base = load_file(f"{tiny_model}/model.safetensors")
+    final = final_weights(reference)
+    records = read_metrics(reference)
+    assert len(records) == 5 and all(r["checksum"] for r in records)
+    for name, weight in base.items():
+        expected = weight.clone()
+        for record in records:  # z-scores recomputed here from the logged rewards
+            r = torch.tensor(record["rewards"], dtype=torch.float64)
+            z = (r - r.mean()) / r.std(unbiased=False)
+            for seed, zi in zip(record["seeds"], z.tolist()):
+                expected += 0.01 / len(r) * zi * noise(seed, name, weight.shape)
+        torch.testing.assert_close(final[name], expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("fault", ["1:3", "0:generate:4"], ids=["mid_perturb", "mid_generate"])
+def test_an_engine_that_dies_mid_rollout_is_replaced_and_the_result_is_unchanged(reference, tmp_path, monkeypatch, fault):
+    run_dir = disturbed(tmp_path, monkeypatch, fault)
+    assert sum(r["engine_restarts"] for r in read_metrics(run_dir)) == 1
+    assert_same_run(run_dir, reference)
+
+
+@pytest.mark.parametrize("method", ["apply_update", "checksum"])
+def test_an_engine_that_dies_during_a_broadcast_is_replaced_and_the_result_is_unchanged(
+        reference, tmp_path, monkeypatch, method):
+    run_dir = disturbed(tmp_path, monkeypatch, f"1:{method}:2")
+    assert sum(r["engine_restarts"] for r in read_metrics(run_dir)) == 1
+    assert_same_run(run_dir, reference)
+
+
+def test_an_engine_that_dies_while_resume_replays_the_log_ends_in_step(reference, tmp_path, monkeypatch):
+    # Three iterations, then every checkpoint is lost: the resumed engines replay all three updates
+    # from the base model, and engine 1 dies at its second replayed update.
+    first = run(tmp_path, "run", [*FIVE, "--num_iterations", "3"], base=FAKE)
+    shutil.rmtree(first / "checkpoints")
+    shutil.rmtree(first / "final")
+    monkeypatch.setenv("ESVLLM_FAKE_DIE_ON_CALL", "1:apply_update:2")
+    from esvllm.run import main
+
+    resumed = main(["--resume", str(first), "--num_iterations", "5"])
+    assert_same_run(resumed, reference)  # every iteration's sync check passed: no update applied twice
+
+
+def test_a_resume_outlives_the_checkpoint_it_started_from(reference, tmp_path):
+    # Engines start from checkpoints/iter_000003/model; --keep_checkpoints 2 prunes it two
+    # iterations later, and the last checkpoint and final/ must still be written.
+    first = run(tmp_path, "run", [*FIVE, "--num_iterations", "3"], base=FAKE)
+    shutil.rmtree(first / "final")
+    from esvllm.run import main
+
+    resumed = main(["--resume", str(first), "--num_iterations", "5"])
+    assert not (resumed / "checkpoints" / "iter_000003").exists()
+    assert_same_run(resumed, reference)
+
+
+def test_a_replacement_outlives_the_checkpoint_it_started_from(reference, tmp_path, monkeypatch):
+    run_dir = disturbed(tmp_path, monkeypatch, "1:10")  # dies in iteration 2: starts from iter_000001
+    assert not (run_dir / "checkpoints" / "iter_000001").exists()
+    assert_same_run(run_dir, reference)
+
+
+def test_when_no_engine_can_start_the_run_saves_a_checkpoint_and_stops(tmp_path, monkeypatch, ray_session):
+    from engines.fleet import NoEngineLeft
+    from engines.pool import EnginePool
+    from esvllm.checkpoint import latest_checkpoint, load_state
+    from esvllm.updatelog import UpdateLog
+
+    spawn = EnginePool.spawn
+
+    def replacements_cannot_load(self, index, model_path=None):
+        if index in self.spawned:
+            model_path = str(tmp_path / "missing-model")
+        return spawn(self, index, model_path)
+
+    monkeypatch.setattr(EnginePool, "spawn", replacements_cannot_load)
+    with pytest.raises(NoEngineLeft, match="checkpoint saved"):
+        disturbed(tmp_path, monkeypatch, "0:12", ["--num_engines", "1"])
+    [run_dir] = [p.parent for p in tmp_path.glob("*/*/engines.json")]
+    state = load_state(latest_checkpoint(run_dir))
+    assert state["iteration"] == len(UpdateLog.load(run_dir)) == len(read_metrics(run_dir)) >= 1
+
+
+def test_a_reward_that_always_raises_stops_the_run_with_its_exception(tmp_path, ray_session):
+    from esvllm.coordinator import RewardFailed
+
+    with pytest.raises(RewardFailed) as info:
+        run(tmp_path, "run", ["--reward", "tests.reward_helpers:always_raises"], base=FAKE)
+    assert "broken reward" in str(info.value.__cause__)
+
+
+def test_engines_out_of_step_stop_the_run_with_both_checksums(ray_session, tiny_model):
+    from engines.fleet import EnginesDisagree, Fleet
+    from engines.pool import EngineOptions, EnginePool
+    from esvllm.updatelog import UpdateLog
+
+    pool = EnginePool.start(tiny_model, EngineOptions(backend="fake", num_engines=2))
+    try:
+        fleet = Fleet(pool, UpdateLog())
+        fleet.check_sync(0)  # in step
+        pool.engines[0].apply_update([(1234, 1e-4)])
+        with pytest.raises(EnginesDisagree, match="engine 0 .* engine 1"):
+            fleet.check_sync(7)
+    finally:
+        pool.shutdown()
