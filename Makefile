@@ -14,7 +14,7 @@ PORT    ?= 6006
 DATA    ?=
 GPU_FLAGS = --cuda_devices $(CUDA_DEVICES) $(if $(MODEL),--model_name $(MODEL)) $(if $(DATA),--data $(DATA))
 
-.PHONY: install demo test test-fast bench bench-engine bench-kernels tensorboard countdown conciseness clean
+.PHONY: install demo test test-fast gpu-check bench bench-engine bench-kernels tensorboard countdown conciseness clean
 
 install: $(STAMP)
 
@@ -57,6 +57,11 @@ bench-engine: $(STAMP)
 # torch only (runs where vLLM is not installed, e.g. a bare GPU machine): noise/perturb/update vs bandwidth.
 bench-kernels: $(STAMP)
 	$(PY) -m benchmarks.kernels --device $(DEVICE) $(if $(HAS_GPU),,--sizes toy 0.5B) --json bench/kernels_$(DEVICE).json
+
+# One script, torch and Triton only (no vLLM, Ray or registry: a bare GPU machine runs it in minutes):
+# noise kernels, ES state on CUDA, memory plan vs measured, low-rank draw/merge. Writes bench/gpu_check.json.
+gpu-check:
+	$(if $(wildcard $(PY)),$(PY),python3) -m benchmarks.gpu_check --json bench/gpu_check.json
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -22,35 +22,8 @@ import statistics
 import time
 from pathlib import Path
 
-# hidden, intermediate, layers, attention heads, kv heads, vocab, tied embeddings (the models' configs)
-SHAPES = {
-    "toy": (256, 1024, 2, 4, 2, 1000, True),
-    "0.5B": (896, 4864, 24, 14, 2, 151936, True),
-    "1.5B": (1536, 8960, 28, 12, 2, 151936, True),
-    "3B": (2048, 11008, 36, 16, 2, 151936, True),
-    "7B": (3584, 18944, 28, 28, 4, 152064, False),
-}
-
-
-def qwen2_tensors(size: str) -> dict[str, tuple]:
-    """HF tensor names and shapes of a Qwen2.5 model of the given size."""
-    hidden, inter, layers, heads, kv_heads, vocab, tied = SHAPES[size]
-    kv = hidden // heads * kv_heads
-    shapes = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,)}
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        shapes.update({
-            p + "self_attn.q_proj.weight": (hidden, hidden), p + "self_attn.q_proj.bias": (hidden,),
-            p + "self_attn.k_proj.weight": (kv, hidden), p + "self_attn.k_proj.bias": (kv,),
-            p + "self_attn.v_proj.weight": (kv, hidden), p + "self_attn.v_proj.bias": (kv,),
-            p + "self_attn.o_proj.weight": (hidden, hidden),
-            p + "mlp.gate_proj.weight": (inter, hidden), p + "mlp.up_proj.weight": (inter, hidden),
-            p + "mlp.down_proj.weight": (hidden, inter),
-            p + "input_layernorm.weight": (hidden,), p + "post_attention_layernorm.weight": (hidden,),
-        })
-    if not tied:
-        shapes["lm_head.weight"] = (vocab, hidden)
-    return shapes
+from esvllm.models import QWEN25_SHAPES as SHAPES  # noqa: F401 (the sizes on offer)
+from esvllm.models import qwen2_tensors
 
 
 def timed(fn, device: str, repeats: int) -> float:

@@ -4,10 +4,16 @@ A backend supplies `write_all(write)`: it calls `write(hf_name, master, dst)` fo
 `dst` the model's storage for it (a view into a fused vLLM parameter, or a transformers parameter),
 then makes the model use the new values (on vLLM's CPU backend: re-pack the kernels). Everything else,
 the noise, the update arithmetic, the checksum and the export, is here once for every backend.
+
+Under tensor parallelism a rank's master holds only its shard of each HF tensor; `slices` says where
+the shard lies in the full tensor (esvllm.noise draws exactly those elements), and `counted` which
+tensors this rank reports in checksums and norms (a tensor replicated on every rank counts once).
+On CUDA the noise is computed inside fused kernels (esvllm.noise_triton) and never stored.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -18,62 +24,92 @@ from typing import Callable
 
 import torch
 
-from esvllm.noise import check_sigma, fill_noise
+from esvllm.noise import check_sigma, fill_noise_rows, philox_key
 
 CHECKPOINT_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                     "special_tokens_map.json", "vocab.json", "merges.txt", "chat_template.jinja")
+CHECKSUM_CHUNK = 7 * 2**20  # elements per step of the checksum: no tensor-sized temporaries
 
 Write = Callable[[str, torch.Tensor, torch.Tensor], object]
 
 
+@dataclasses.dataclass(frozen=True)
+class Slice:
+    """Where a (rows x width) shard lies in its full HF tensor: element (row0 + r) * row_stride + col0 + c."""
+
+    row0: int = 0
+    col0: int = 0
+    row_stride: int = 0
+
+
+def as_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """A 2-D (rows, width) view: a matrix as it is, a vector as one row."""
+    return tensor.view(tensor.shape[0], -1) if tensor.dim() >= 2 else tensor.view(1, -1)
+
+
+def full_slice(tensor: torch.Tensor) -> Slice:
+    return Slice(0, 0, as_rows(tensor).shape[1])
+
+
 class ESState:
     def __init__(self, master: dict[str, torch.Tensor], write_all: Callable[[Write], None], model_dir: Path | None,
-                 noise_cache_bytes: int = 0):
+                 noise_cache_bytes: int = 0, slices: dict[str, Slice] | None = None,
+                 counted: set[str] | None = None):
         self._master = master
         self._write_all = write_all
         # The checkpoint's config and tokenizer files, read now: the directory the engine started
         # from (e.g. a checkpoint) may be pruned before the next export.
         self._files = {name: (Path(model_dir) / name).read_bytes() for name in CHECKPOINT_FILES
                        if model_dir is not None and (Path(model_dir) / name).is_file()}
+        self._slices = {name: (slices or {}).get(name) or full_slice(t) for name, t in master.items()}
+        self._counted = set(master) if counted is None else set(counted)
         device = next(iter(master.values())).device
+        self._device = device
+        self._cuda = device.type == "cuda"
         largest = max(v.numel() for v in master.values())
-        self._eps = torch.empty(largest, dtype=torch.float32, device=device)
+        self._eps = torch.empty(0 if self._cuda else largest, dtype=torch.float32, device=device)
         self._delta = torch.empty(largest, dtype=torch.float32, device=device)  # one update, all seeds
         self._perturbation: tuple[int, float] | None = None
-        # The noise of the members this engine perturbed since the last update, kept so apply_update
-        # need not draw it again (on CPU a draw costs more than the add). Bounded by a byte budget;
-        # the buffers are reused from one iteration to the next.
+        # CPU: the noise of the members this engine perturbed since the last update, kept so
+        # apply_update need not draw it again (a draw costs more than the add there). Bounded by a
+        # byte budget; the buffers are reused from one iteration to the next. On CUDA the fused
+        # kernels draw noise faster than a buffer could be read back, so there is no cache.
         self._offsets, self._total = {}, 0
         for name, tensor in master.items():
             self._offsets[name] = (self._total, self._total + tensor.numel())
             self._total += tensor.numel()
-        self._cache_slots = int(noise_cache_bytes // (self._total * 4))
+        self._cache_slots = 0 if self._cuda else int(noise_cache_bytes // (self._total * 4))
         self._cache: dict[int, torch.Tensor] = {}
         self._spare: list[torch.Tensor] = []
-        self._device = device
 
     def info(self) -> dict:
         return {
-            "tensors": len(self._master),
-            "parameters": sum(v.numel() for v in self._master.values()),
+            "tensors": len(self._counted),
+            "parameters": sum(v.numel() for n, v in self._master.items() if n in self._counted),
             "master_bytes": sum(v.numel() * v.element_size() for v in self._master.values()),
-            "device": str(self._eps.device),
+            "device": str(self._device),
             "noise_cache_slots": self._cache_slots,
         }
 
+    # ---- the verbs --------------------------------------------------------------------------------
     def perturb(self, seed: int, sigma: float) -> dict:
         check_sigma(sigma)
         seed = int(seed)
         cached = seed in self._cache
         buffer = self._cache[seed] if cached else self._cache_buffer()
-
         written = [0, 0]  # tensors, elements: a caller can check them against info()
 
         def write(name, master, dst):
-            written[0] += 1
-            written[1] += master.numel()
+            if name in self._counted:
+                written[0] += 1
+                written[1] += master.numel()
+            if self._cuda:
+                from esvllm.noise_triton import perturb_rows
+
+                perturb_rows(as_rows(dst), as_rows(master), philox_key(seed, name), sigma, *self._where(name))
+                return
             if buffer is None:
-                eps = fill_noise(self._eps[: master.numel()].view(master.shape), seed, name)
+                eps = self._draw(self._eps[: master.numel()].view(master.shape), seed, name)
             else:
                 eps = self._cached_noise(buffer, seed, name, master.shape, fill=not cached)
             self._add_noise(master, eps, sigma, dst, self._delta)
@@ -104,67 +140,56 @@ class ESState:
             raise ValueError(f"apply_update: non-finite coefficient in {pairs}")
         squared_norm = 0.0
         for name, master in self._master.items():
-            eps = self._eps[: master.numel()].view(master.shape)
-            delta = self._delta[: master.numel()].view(master.shape).zero_()
-            for seed, coeff in pairs:
-                if seed in self._cache:  # drawn by this engine's perturb: the same values, bit for bit
-                    delta.add_(self._cached_noise(self._cache[seed], seed, name, master.shape), alpha=coeff)
-                else:
-                    delta.add_(fill_noise(eps, seed, name), alpha=coeff)
+            delta = self._delta[: master.numel()].view(master.shape)
+            self._combine(delta, pairs, name)
             master.add_(delta)
-            squared_norm += float(torch.linalg.vector_norm(delta)) ** 2
+            if name in self._counted:
+                squared_norm += float(torch.linalg.vector_norm(delta)) ** 2
         reused = sum(seed in self._cache for seed, _ in pairs)
         self._spare.extend(self._cache.values())  # the next iteration's members have new seeds
         self._cache.clear()
         self._write_all(lambda name, master, dst: dst.copy_(master))
         self._perturbation = None
-        return {"applied": len(pairs), "update_norm": math.sqrt(squared_norm), "noise_reused": reused}
+        return {"applied": len(pairs), "update_norm": math.sqrt(squared_norm), "squared_norm": squared_norm,
+                "noise_reused": reused}
+
+    def checksum_parts(self) -> dict[str, tuple[int, int]]:
+        """Per counted HF tensor: the sum of its elements' bits as integers, and the same weighted by
+        (global element index mod 7) + 1, so swapped elements change it too. Both are sums, so the
+        shards of a tensor-parallel engine add up to the unsharded tensor's figures."""
+        parts = {}
+        for name, master in self._master.items():
+            if name not in self._counted:
+                continue
+            ints = as_rows(master.view(torch.int32) if master.element_size() == 4 else master.view(torch.int16))
+            where = self._slices[name]
+            rows, width = ints.shape
+            total = positional = 0
+            step = max(1, CHECKSUM_CHUNK // width)
+            columns = torch.arange(width, device=ints.device, dtype=torch.int64)
+            for r in range(0, rows, step):
+                block = ints[r : r + step].to(torch.int64)
+                row_ids = torch.arange(r, r + block.shape[0], device=ints.device, dtype=torch.int64)[:, None]
+                index = (where.row0 + row_ids) * where.row_stride + where.col0 + columns
+                total += int(block.sum())
+                positional += int((block * (index % 7 + 1)).sum())
+            parts[name] = (total, positional)
+        return parts
 
     def checksum(self, base_only: bool = False) -> str:
-        """Digest of the master (bit-exact, order-sensitive per tensor) and, unless `base_only`, the
-        current perturbation."""
-        digest = hashlib.blake2b(digest_size=16)
-        for name, master in self._master.items():
-            ints = master.view(torch.int32) if master.element_size() == 4 else master.view(torch.int16)
-            weights = torch.arange(1, 8, device=ints.device, dtype=torch.int64)
-            flat = ints.reshape(-1)
-            # Two sums: plain, and weighted by position mod 7, so swapped elements change it too.
-            total = int(flat.sum(dtype=torch.int64))
-            positional = int((flat[: flat.numel() // 7 * 7].view(-1, 7).to(torch.int64) * weights).sum())
-            digest.update(f"{name}:{total}:{positional};".encode())
-        if not base_only:
-            digest.update(repr(self._perturbation).encode())
-        return digest.hexdigest()
+        """Digest of the master (bit-exact) and, unless `base_only`, the current perturbation."""
+        return digest_checksum(self.checksum_parts(), None if base_only else self._perturbation)
+
+    @property
+    def perturbation(self) -> tuple[int, float] | None:
+        return self._perturbation
 
     def export(self, path: str, dtype: str | None = None) -> str:
-        """Write the base weights as an HF checkpoint directory (atomically: temp dir, then rename)."""
-        from safetensors.torch import save_file
-
-        if "config.json" not in self._files:
-            raise FileNotFoundError("export needs the model's config.json: this ES state was made without a model directory")
-        target = Path(path)
-        staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
+        """Write the base weights as an HF checkpoint directory, one tensor at a time, in shards of at
+        most 5 GB (atomically: a temporary directory, then a rename)."""
         out_dtype = getattr(torch, dtype) if dtype else next(iter(self._master.values())).dtype
-        tensors = {k: v.to(out_dtype).contiguous().cpu() for k, v in self._master.items()}
-        save_file(tensors, staging / "model.safetensors", metadata={"format": "pt"})
-        for name, content in self._files.items():
-            (staging / name).write_bytes(content)
-        config = json.loads((staging / "config.json").read_text())
-        dtype_name = str(out_dtype).removeprefix("torch.")
-        for key in ("torch_dtype", "dtype"):
-            if key in config:
-                config[key] = dtype_name
-        (staging / "config.json").write_text(json.dumps(config, indent=2))
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.rename(target, old)
-            os.rename(staging, target)
-            shutil.rmtree(old)
-        else:
-            os.rename(staging, target)
-        return str(target)
+        entries = [(name, tuple(t.shape), out_dtype, lambda t=t: t) for name, t in self._master.items()]
+        return export_checkpoint(path, entries, self._files, out_dtype)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The master tensors by HF name (read-only use: benchmarks size their buffers from them)."""
@@ -172,6 +197,31 @@ class ESState:
 
     def master_weights(self, names: list[str] | None = None) -> dict[str, torch.Tensor]:
         return {n: self._master[n].float().cpu().clone() for n in names or list(self._master)}
+
+    # ---- noise ------------------------------------------------------------------------------------
+    def _where(self, name: str) -> tuple[int, int, int]:
+        where = self._slices[name]
+        return where.row0, where.col0, where.row_stride
+
+    def _draw(self, out: torch.Tensor, seed: int, name: str) -> torch.Tensor:
+        fill_noise_rows(as_rows(out), seed, name, *self._where(name))
+        return out
+
+    def _combine(self, delta: torch.Tensor, pairs: list[tuple[int, float]], name: str) -> None:
+        """delta := sum coeff * eps(seed, name), summed in the pairs' order."""
+        if self._cuda:
+            from esvllm.noise_triton import combine_rows
+
+            combine_rows(as_rows(delta), [philox_key(s, name) for s, _ in pairs], [c for _, c in pairs],
+                         *self._where(name))
+            return
+        delta.zero_()
+        eps = self._eps[: delta.numel()].view(delta.shape)
+        for seed, coeff in pairs:
+            if seed in self._cache:  # drawn by this engine's perturb: the same values, bit for bit
+                delta.add_(self._cached_noise(self._cache[seed], seed, name, delta.shape), alpha=coeff)
+            else:
+                delta.add_(self._draw(eps, seed, name), alpha=coeff)
 
     def _cache_buffer(self) -> torch.Tensor | None:
         """A buffer for one member's noise, or None when the budget is spent."""
@@ -186,7 +236,7 @@ class ESState:
     def _cached_noise(self, buffer, seed, name, shape, fill=False) -> torch.Tensor:
         start, end = self._offsets[name]
         eps = buffer[start:end].view(shape)
-        return fill_noise(eps, seed, name) if fill else eps
+        return self._draw(eps, seed, name) if fill else eps
 
     @staticmethod
     def _add_noise(master, eps, sigma, dst, scratch):
@@ -198,8 +248,53 @@ class ESState:
             dst.copy_(torch.mul(eps, sigma, out=scratch).add_(master))
 
 
-def load_checkpoint(model_dir: Path, device, dtype, skip=()) -> dict[str, torch.Tensor]:
-    """The checkpoint's tensors (safetensors only: nothing is unpickled), in the master dtype."""
+def digest_checksum(parts: dict[str, tuple[int, int]], perturbation=None) -> str:
+    """The checksum string of per-tensor (total, positional) sums, in sorted name order."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name in sorted(parts):
+        total, positional = parts[name]
+        digest.update(f"{name}:{total}:{positional};".encode())
+    if perturbation is not None:
+        digest.update(repr(perturbation).encode())
+    return digest.hexdigest()
+
+
+def export_checkpoint(path: str, entries, files: dict[str, bytes], out_dtype: torch.dtype) -> str:
+    """An HF checkpoint directory from (name, shape, dtype, producer) entries and the model's config
+    and tokenizer files, written atomically (temporary directory, then rename)."""
+    from engines.safetensors_io import write_sharded
+
+    if "config.json" not in files:
+        raise FileNotFoundError("export needs the model's config.json: this ES state was made without a model directory")
+    target = Path(path)
+    staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    write_sharded(staging, entries)
+    for name, content in files.items():
+        (staging / name).write_bytes(content)
+    config = json.loads((staging / "config.json").read_text())
+    dtype_name = str(out_dtype).removeprefix("torch.")
+    for key in ("torch_dtype", "dtype"):
+        if key in config:
+            config[key] = dtype_name
+    (staging / "config.json").write_text(json.dumps(config, indent=2))
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.rename(target, old)
+        os.rename(staging, target)
+        shutil.rmtree(old)
+    else:
+        os.rename(staging, target)
+    return str(target)
+
+
+def load_checkpoint(model_dir: Path, device, dtype, skip=(), parts: dict | None = None) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors (safetensors only: nothing is unpickled), in the master dtype.
+
+    With `parts` (HF name -> engines.layout.Piece), only those tensors, each cut to this rank's part
+    as it is read. Each tensor is read to the host, moved to the device, then converted there (a 7B
+    model's fp32 master never sits on the host whole)."""
     from safetensors import safe_open
 
     files = sorted(Path(model_dir).glob("*.safetensors"))
@@ -209,6 +304,15 @@ def load_checkpoint(model_dir: Path, device, dtype, skip=()) -> dict[str, torch.
     for file in files:
         with safe_open(str(file), framework="pt", device="cpu") as handle:
             for key in handle.keys():
-                if key not in skip:
-                    master[key] = handle.get_tensor(key).to(device=device, dtype=dtype)
+                if key in skip or (parts is not None and key not in parts):
+                    continue
+                if parts is None:
+                    tensor = handle.get_tensor(key)
+                else:
+                    piece, view = parts[key], handle.get_slice(key)
+                    rows = slice(*piece.rows) if piece.rows else slice(None)
+                    tensor = view[rows] if len(piece.hf_shape) == 1 else view[rows, slice(*piece.cols) if piece.cols else slice(None)]
+                master[key] = tensor.to(device=device).to(dtype=dtype)
+    if parts is not None and set(parts) - set(master):
+        raise ValueError(f"{model_dir}: no tensors {sorted(set(parts) - set(master))[:5]}")
     return master

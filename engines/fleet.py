@@ -174,7 +174,6 @@ class Fleet:
     def _replace(self, dead):
         """Drop a dead engine and start a new one in its bundle; None when even creating it fails."""
         self.pool.drop(dead)
-        self.restarts += 1
         try:
             return self.pool.spawn(dead.index, self.weights_path)
         except Exception as exc:  # whatever stops a new engine, the run must end cleanly
@@ -209,6 +208,7 @@ class Fleet:
             if want != got:
                 raise EnginesDisagree(f"replacement {engine} has base checksum {got}, the others {want}")
         self.pool.adopt(engine)
+        self.restarts += 1  # counted once the replacement holds the others' weights and takes work
         logger.warning("%s replaced a dead engine and caught up on %d updates", engine,
                        len(self.log) - self.weights_iteration)
 

@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 
 # In-process vLLM (collective_rpc reaches the worker directly), logging only warnings and errors.
+PLACEMENT_TIMEOUT_S = 120
+
 QUIET_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
              "TQDM_DISABLE": "1"}
 
@@ -44,7 +46,8 @@ class EngineOptions:
     noise_cache_mb: int = 0  # memory per engine for its own members' noise, reused by the update (0: off)
     max_model_len: int = 512
     max_num_seqs: int = 256
-    gpu_memory_utilization: float = 0.85  # CUDA only; CPU sizes the KV cache from the model
+    gpu_memory_utilization: float = 0.85  # CUDA only (the memory plan sets it); CPU sizes the KV cache
+    tensor_parallel_size: int = 1  # GPUs (CPU: core groups) per engine
     seed: int = 0
     die_on_call: dict[int, tuple] | None = None  # fake backend only: index -> (method or None, k-th call)
 
@@ -52,28 +55,33 @@ class EngineOptions:
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device {self.device!r}: use 'cpu' or 'cuda'")
         if self.device == "cuda" and self.cuda_devices:
-            self.num_engines = len(self.cuda_devices)
+            self.num_engines = len(self.cuda_devices) // self.tensor_parallel_size
         if self.num_engines < 1:
             raise ValueError(f"num_engines must be >= 1, got {self.num_engines}")
         if self.device == "cpu":
             cores = len(os.sched_getaffinity(0))
-            if self.num_engines > cores:
+            if self.num_engines * self.tensor_parallel_size > cores:
                 raise ValueError(
-                    f"num_engines={self.num_engines} is more than the {cores} CPU cores here; "
-                    f"use --num_engines {cores} or fewer"
+                    f"num_engines={self.num_engines} x tensor_parallel_size={self.tensor_parallel_size} is more "
+                    f"than the {cores} CPU cores here; use --num_engines {cores // self.tensor_parallel_size} or fewer"
                 )
+        if self.tensor_parallel_size > 1 and self.backend != "vllm":
+            raise ValueError(f"tensor_parallel_size {self.tensor_parallel_size}: only the vllm backend shards")
         if self.backend not in BACKENDS:
             raise ValueError(f"engine backend {self.backend!r}: use one of {', '.join(BACKENDS)}")
         if self.master_dtype not in ("float32", "model"):
             raise ValueError(f"master_dtype {self.master_dtype!r}: use 'float32' or 'model'")
 
     @classmethod
-    def from_config(cls, config) -> "EngineOptions":
-        """The engine settings of a validated `esvllm.config.RunConfig`."""
+    def from_config(cls, config, plan=None) -> "EngineOptions":
+        """The engine settings of a validated `esvllm.config.RunConfig` (and its memory plan, on CUDA)."""
+        share = config.gpu_memory_utilization or (plan.gpu_memory_utilization if plan else 0.85)
         return cls(device=config.resolved_device, backend=config.engine, num_engines=config.num_engines,
                    cuda_devices=config.gpu_ids or None, dtype=config.precision, master_dtype=config.master_dtype,
                    noise_cache_mb=config.noise_cache_mb, max_model_len=config.max_model_len,
-                   seed=config.global_seed, die_on_call=fake_faults_from_env() if config.engine == "fake" else None)
+                   gpu_memory_utilization=share, tensor_parallel_size=config.tensor_parallel_size,
+                   seed=config.global_seed,
+                   die_on_call=fake_faults_from_env() if config.engine == "fake" else None)
 
     def model_dtype(self) -> str:
         if self.dtype != "auto":
@@ -154,10 +162,12 @@ class EngineHandle:
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None,
-             verbose: bool = False) -> bool:
+             verbose: bool = False, cuda_devices: list[int] | None = None) -> bool:
     """Join `address`, or start a private local Ray bound to 127.0.0.1 with no dashboard.
 
-    Returns True when this call started a Ray instance (the caller then owns its shutdown).
+    Returns True when this call started a Ray instance (the caller then owns its shutdown). With
+    `cuda_devices`, a private Ray sees exactly those GPUs (CUDA_VISIBLE_DEVICES, set before it starts,
+    is what Ray hands out to the engines), so two runs on one node given 0,1 and 2,3 never share one.
 
     Engine logs reach this console only with `verbose` (they stay in Ray's log folder otherwise).
     """
@@ -175,6 +185,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
     from ray._private import ray_constants
 
     ray_constants.ENABLE_RAY_CLUSTER = False
+    if cuda_devices:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in cuda_devices)
+        num_gpus = len(cuda_devices)
     # address="local": always a new private instance, never another run's Ray found on this machine.
     ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
     return True
@@ -190,6 +203,7 @@ class EnginePool:
         self.engines: list[EngineHandle] = []
         self.run_tag = uuid.uuid4().hex[:8]
         self.spawned: set[int] = set()
+        self.generation = 0
 
     @classmethod
     def start(cls, model_path: str, options: EngineOptions, ray_address: str | None = None) -> "EnginePool":
@@ -199,16 +213,25 @@ class EnginePool:
         from esvllm.models import resolve_model
 
         model_path = resolve_model(model_path)  # a missing path fails here, before Ray or vLLM start
+        tp = options.tensor_parallel_size
         if options.device == "cpu":
             init_ray(ray_address, num_cpus=max(len(os.sched_getaffinity(0)), options.num_engines))
             # Cores are assigned by vLLM's thread binding, not by Ray's CPU accounting: the bundles
             # only place engines (spread over the cluster's nodes).
             bundles, strategy = [{"CPU": 0.01}] * options.num_engines, "SPREAD"
         else:
-            init_ray(ray_address, num_gpus=len(options.cuda_devices or []) or None)
-            bundles, strategy = [{"GPU": 1, "CPU": 1}] * options.num_engines, "PACK"
+            init_ray(ray_address, cuda_devices=options.cuda_devices)
+            # One bundle per engine with all its GPUs: a bundle lives on one node, as vLLM's ranks must.
+            bundles, strategy = [{"GPU": tp, "CPU": 1}] * options.num_engines, "PACK"
         group = placement_group(bundles, strategy=strategy)
-        ray.get(group.ready())
+        try:
+            ray.get(group.ready(), timeout=PLACEMENT_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            ray.util.remove_placement_group(group)
+            raise RuntimeError(
+                f"Ray could not place {options.num_engines} engine(s) of {bundles[0]} within "
+                f"{PLACEMENT_TIMEOUT_S} s; the cluster has {ray.cluster_resources()}. Ask for fewer engines "
+                "(--cuda_devices / --num_engines) or free the GPUs other jobs hold") from None
         pool = cls(model_path, options, group)
         pool.engines = [pool.spawn(i) for i in range(options.num_engines)]
         for engine in pool.engines:  # all start in parallel; wait for each
@@ -224,18 +247,19 @@ class EnginePool:
         path = model_path or self.model_path
         env = dict(QUIET_ENV)
         if self.options.device == "cpu":
-            env["VLLM_CPU_OMP_THREADS_BIND"] = split_cores(self.options.num_engines)[index]
+            env["VLLM_CPU_OMP_THREADS_BIND"] = engine_cores(self.options)[index]
             resources = {"num_cpus": 0.01}
         else:
-            resources = {"num_cpus": 1, "num_gpus": 1}
+            resources = {"num_cpus": 1, "num_gpus": self.options.tensor_parallel_size}
         strategy = PlacementGroupSchedulingStrategy(self.placement_group, placement_group_bundle_index=index)
         options = actor_options(path, self.options, index)
         if self.options.die_on_call and index in self.options.die_on_call and index not in self.spawned:
             options["die_on_call"] = self.options.die_on_call[index]  # the first engine of that index only
         self.spawned.add(index)
+        self.generation += 1  # a dead actor's name may not be free yet: every spawn gets its own
         actor = ray.remote(actor_class(self.options.backend)).options(
             **resources, scheduling_strategy=strategy, runtime_env={"env_vars": env},
-            name=f"esvllm_engine_{index}_{self.run_tag}",
+            name=f"esvllm_engine_{index}_{self.run_tag}_{self.generation}",
         ).remote(index, path, options)
         handle = EngineHandle(index, actor)
         handle.ready_ref = actor.ready.remote()
@@ -270,6 +294,13 @@ def split_cores(num_engines: int) -> list[str]:
     return [",".join(str(c) for c in cores[i * share : (i + 1) * share]) for i in range(num_engines)]
 
 
+def engine_cores(options: EngineOptions) -> list[str]:
+    """VLLM_CPU_OMP_THREADS_BIND of each engine: its cores, one '|'-separated list per rank ('0|1')."""
+    tp = options.tensor_parallel_size
+    shares = split_cores(options.num_engines * tp)
+    return ["|".join(shares[i * tp : (i + 1) * tp]) for i in range(options.num_engines)]
+
+
 def actor_options(model_path: str, options: EngineOptions, index: int = 0) -> dict:
     """The `LLM(...)` keyword arguments (or HF settings) and ES settings one engine actor gets."""
     dtype = options.model_dtype()
@@ -278,10 +309,12 @@ def actor_options(model_path: str, options: EngineOptions, index: int = 0) -> di
     if options.backend == "fake":
         return {"dtype": dtype, **es}
     if options.backend == "hf":
-        cores = [int(c) for c in split_cores(options.num_engines)[index].split(",")] if options.device == "cpu" else None
+        cores = [int(c) for c in engine_cores(options)[index].split(",")] if options.device == "cpu" else None
         return {"dtype": dtype, "device": options.device, "cores": cores, **es}
     llm_kwargs = dict(dtype=dtype, max_model_len=options.max_model_len, max_num_seqs=options.max_num_seqs,
                       seed=options.seed, enable_prefix_caching=False)
+    if options.tensor_parallel_size > 1:  # ranks as processes of the actor (in a placement group vLLM would pick Ray)
+        llm_kwargs.update(tensor_parallel_size=options.tensor_parallel_size, distributed_executor_backend="mp")
     if options.device == "cpu":
         llm_kwargs.update(enforce_eager=True, gpu_memory_utilization=0.1,
                           kv_cache_memory_bytes=kv_cache_bytes(model_path, dtype, options))

@@ -1,15 +1,21 @@
 """One vLLM `LLM` inside a Ray actor: the process that generates and holds the ES state.
 
 The actor runs vLLM in-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`), so `collective_rpc` reaches the
-worker extension (engines.vllm_worker) directly. `EnginePool` (engines.pool) starts these actors.
+worker extension (engines.vllm_worker) directly. With tensor_parallel_size K > 1, vLLM's `mp`
+executor starts one process per rank and `collective_rpc` reaches all K; the actor combines their
+answers (engines.ranks) so callers see one engine. `EnginePool` (engines.pool) starts these actors.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
+from engines import ranks
 from engines.actor_base import EngineActorBase
 
 logger = logging.getLogger(__name__)
@@ -27,13 +33,55 @@ class VLLMEngineActor(EngineActorBase):
         started = time.perf_counter()
         self.index = index
         llm_kwargs = dict(options.get("llm_kwargs", {}))
+        self.ranks = int(llm_kwargs.get("tensor_parallel_size", 1))
         self.llm = LLM(model=model_path, worker_extension_cls=WORKER_EXTENSION, **llm_kwargs)
-        self.info = self.llm.collective_rpc(
-            "es_init", args=(options.get("master_dtype", "float32"), options.get("noise_cache_bytes", 0)))[0]
+        self.master_dtype = options.get("master_dtype", "float32")
+        results = self.llm.collective_rpc("es_init", args=(self.master_dtype, options.get("noise_cache_bytes", 0)))
+        self.info = ranks.info(results)
+        if self.ranks > 1:  # the files an export needs, read now: a starting checkpoint may be pruned later
+            from engines.es_state import CHECKPOINT_FILES
+
+            self.files = {n: (Path(model_path) / n).read_bytes() for n in CHECKPOINT_FILES
+                          if (Path(model_path) / n).is_file()}
         self.describe(index, started, cpu_bind=os.environ.get("VLLM_CPU_OMP_THREADS_BIND"))
 
     def rpc(self, method: str, *args):
-        return self.llm.collective_rpc(method, args=args)[0]
+        if self.ranks == 1:
+            return self.llm.collective_rpc(method, args=args)[0]
+        return self._sharded_rpc(method, *args)
+
+    def _sharded_rpc(self, method: str, *args):
+        """The verb on every rank, combined into one engine's answer."""
+        call = lambda name, *a: self.llm.collective_rpc(name, args=a)
+        if method == "checksum":
+            return ranks.checksum(call("checksum_parts"), base_only=bool(args and args[0]))
+        if method == "restore":
+            call("restore")
+            return ranks.checksum(call("checksum_parts"), base_only=False)
+        if method == "perturb":
+            return ranks.perturb(call("perturb", *args))
+        if method == "apply_update":
+            return ranks.apply_update(call("apply_update", *args))
+        if method in ("read_weights", "master_weights"):
+            return ranks.assemble(call(method.replace("weights", "weight_parts"), *args))
+        if method == "export":
+            return self._export(*args)
+        raise ValueError(f"{method}: no tensor-parallel form of this verb")
+
+    def _export(self, path: str, dtype: str | None = None) -> str:
+        import torch
+
+        from engines.es_state import export_checkpoint
+
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.ranks-", dir=target.parent))
+        try:
+            parts = self.llm.collective_rpc("export_part", args=(str(scratch),))
+            out_dtype = getattr(torch, dtype or self.master_dtype)
+            return export_checkpoint(str(target), ranks.export_entries(scratch, parts, out_dtype), self.files, out_dtype)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
     def generate(self, prompts: list[str], sampling: dict) -> list[dict]:
         """Completions of `prompts` with the current weights: text and generated token count."""

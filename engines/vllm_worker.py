@@ -1,8 +1,8 @@
 """ES verbs that run inside each vLLM worker, reached through `LLM.collective_rpc(name, args)`.
 
 Loaded by vLLM as `worker_extension_cls="engines.vllm_worker.ESWorkerExtension"`. The worker keeps
-an fp32 master copy of every HF tensor (the base weights; engines.es_state) and writes the model's
-weights from it:
+an fp32 master copy of its part of every HF tensor (the base weights; engines.es_state) and writes
+the model's weights from it:
 
     perturb(seed, sigma)   weights := base + sigma * eps(seed)
     restore()              weights := base, by copy from the master (bit-exact, no drift); its checksum
@@ -11,8 +11,9 @@ weights from it:
     export(path)           HF checkpoint of the base weights
     read_weights(names)    effective weights under HF names, read back through the compute kernels
 
-This module is the vLLM-specific part: where each HF tensor lives (engines.layout) and the CPU
-backend's packed kernels, re-packed after every write.
+With tensor parallelism every rank runs these on its shard; the `*_part(s)` verbs return what the
+engine actor combines across ranks (engines.ranks). This module is the vLLM-specific part: where each
+HF tensor lives (engines.layout) and the CPU backend's packed kernels, re-packed after every write.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 
 from engines.es_state import ESState, load_checkpoint
-from engines.layout import Target, build_targets
+from engines.layout import Target, build_targets, tp_rank_and_size
 
 logger = logging.getLogger(__name__)
 
@@ -33,20 +34,26 @@ class ESWorkerExtension:
 
     # ---- set-up -------------------------------------------------------------------------------
     def es_init(self, master_dtype: str = "float32", noise_cache_bytes: int = 0) -> dict:
-        """Load the base weights from the checkpoint into the master and map them onto the model."""
+        """Load this rank's part of the base weights into the master and map them onto the model."""
         model = self.model_runner.model
         model_dir = Path(self.model_runner.model_config.model)
         device = next(p.device for p in model.parameters())
         tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
         # A tied model's lm_head.weight is embed_tokens.weight: one tensor, one noise.
-        master = load_checkpoint(model_dir, device, getattr(torch, master_dtype), skip={"lm_head.weight"} if tied else ())
-        self._targets: list[Target] = build_targets(model, {k: tuple(v.shape) for k, v in master.items()})
+        shapes = checkpoint_shapes(model_dir, skip={"lm_head.weight"} if tied else set())
+        self._targets: list[Target] = build_targets(model, shapes)
         self._by_hf = {p.hf_name: (t, p) for t in self._targets for p in t.pieces}
+        master = load_checkpoint(model_dir, device, getattr(torch, master_dtype), skip=set(),
+                                 parts={name: piece for name, (_, piece) in self._by_hf.items()})
         self._master = master
         self._device = device
-        self._es = ESState(master, self._write_all, model_dir, noise_cache_bytes)
+        self._rank, self._world = tp_rank_and_size()
+        self._es = ESState(master, self._write_all, model_dir, noise_cache_bytes,
+                           slices={name: piece.slice for name, (_, piece) in self._by_hf.items()},
+                           counted={name for name, (_, piece) in self._by_hf.items() if piece.counted})
         return {
             **self._es.info(),
+            "rank": self._rank,
             "packed": [t.vllm_name for t in self._targets if t.packed_modules],
             "removed": [t.vllm_name for t in self._targets if t.removed],
         }
@@ -72,13 +79,33 @@ class ESWorkerExtension:
 
     def read_weights(self, names: list[str] | None = None) -> dict[str, torch.Tensor]:
         """Effective weights (float32, CPU) under HF names; packed linears are read through their kernel."""
+        return {name: part["tensor"] for name, part in self.read_weight_parts(names).items()}
+
+    # ---- per-rank parts, combined by the engine actor under tensor parallelism ------------------
+    def checksum_parts(self) -> dict:
+        return {"parts": self._es.checksum_parts(), "perturbation": self._es.perturbation}
+
+    def read_weight_parts(self, names: list[str] | None = None) -> dict[str, dict]:
         out = {}
         kernel_cache: dict[int, torch.Tensor] = {}
         for name in names or list(self._master):
             target, piece = self._by_hf[name]
             full = self._effective(target, kernel_cache)
-            out[name] = full[piece.offset : piece.offset + piece.shape[0]].float().cpu().clone()
+            local = full[piece.offset : piece.offset + piece.local_shape[0]].float().cpu().clone()
+            out[name] = _part(piece, local)
         return out
+
+    def master_weight_parts(self, names: list[str] | None = None) -> dict[str, dict]:
+        return {name: _part(self._by_hf[name][1], tensor)
+                for name, tensor in self._es.master_weights(names).items()}
+
+    def export_part(self, directory: str) -> dict[str, dict]:
+        """This rank's master tensors to DIRECTORY/rank<r>.safetensors, and where each belongs."""
+        from safetensors.torch import save_file
+
+        tensors = {name: t.contiguous().cpu() for name, t in self._es.tensors().items()}
+        save_file(tensors, str(Path(directory) / f"rank{self._rank}.safetensors"))
+        return {name: _part(self._by_hf[name][1], None) for name in tensors}
 
     @property
     def es_state(self) -> ESState:
@@ -86,7 +113,7 @@ class ESWorkerExtension:
 
     # ---- internals ----------------------------------------------------------------------------
     def _write_all(self, write) -> None:
-        """For every target: write each HF piece with `write(name, master, dst)`, then re-pack."""
+        """For every target: write each HF part with `write(name, master, dst)`, then re-pack."""
         with torch.no_grad():
             for target in self._targets:
                 if target.removed:
@@ -94,7 +121,8 @@ class ESWorkerExtension:
                 else:
                     full = target.param().data
                 for piece in target.pieces:
-                    write(piece.hf_name, self._master[piece.hf_name], full[piece.offset : piece.offset + piece.shape[0]])
+                    dst = full[piece.offset : piece.offset + piece.local_shape[0]]
+                    write(piece.hf_name, self._master[piece.hf_name], dst)
                 if target.removed:
                     target.module.weight = torch.nn.Parameter(full, requires_grad=False)
                 _repack(target)
@@ -112,6 +140,23 @@ class ESWorkerExtension:
                     raise RuntimeError(f"{target.vllm_name}: packed kernel and parameter disagree")
         cache[id(target)] = value
         return value
+
+
+def _part(piece, tensor) -> dict:
+    return {"shape": piece.hf_shape, "rows": piece.rows, "cols": piece.cols, "tensor": tensor}
+
+
+def checkpoint_shapes(model_dir: Path, skip: set[str]) -> dict[str, tuple[int, ...]]:
+    """HF tensor names and shapes from the safetensors headers (no tensor is read)."""
+    from safetensors import safe_open
+
+    shapes = {}
+    for file in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt", device="cpu") as handle:
+            for key in handle.keys():
+                if key not in skip:
+                    shapes[key] = tuple(handle.get_slice(key).get_shape())
+    return shapes
 
 
 def _repack(target: Target) -> None:

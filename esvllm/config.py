@@ -53,12 +53,16 @@ class RunConfig:
     engine: str = field("vllm", "engine backend: vllm; hf (transformers generate, the paper's original way); "
                                 "fake (no model, for tests)")
     device: str = field("auto", "cpu, cuda, or auto (cuda when --cuda_devices is given)")
-    cuda_devices: str | None = field(None, "comma-separated GPU ids, one engine each, e.g. 0,1,2,3")
+    cuda_devices: str | None = field(None, "comma-separated GPU ids, e.g. 0,1,2,3: one engine per id, or per K ids with --tensor_parallel_size K")
     num_engines: int = field(1, "engines on CPU (each gets its own cores)")
     precision: str = field("auto", "model dtype in vLLM: auto (float32 on CPU, bfloat16 on CUDA), bfloat16, float16, float32")
     master_dtype: str = field("float32", "ES master copy: float32, or model (less memory, sub-ulp updates lost)")
-    noise_cache_mb: int = field(0, "per engine: memory for keeping its own members' noise so the update need not draw it again (faster on CPU; 0: off)")
+    noise_cache_mb: int = field(0, "per engine: memory for keeping its own members' noise so the update need not draw it again (CPU only; 0: off)")
     max_model_len: int = field(1024, "longest prompt + completion, in tokens")
+    tensor_parallel_size: int = field(1, "GPUs (CPU: core groups) per engine; --cuda_devices lists K ids per engine")
+    gpu_memory_utilization: float | None = field(None, "vLLM's share of each GPU; default: computed by the memory plan so the ES state fits")
+    gpu_memory_gb: float | None = field(None, "GPU memory to plan for (with --dry_run on a machine without the GPU); default: the GPU's")
+    dry_run: bool = field(False, "validate config, data, model config and the memory plan, print the plan, start nothing")
     sync_check_every: int = field(1, "compare engine checksums every K iterations (0: never)")
     ray_address: str | None = field(None, "join this Ray cluster; default: a private local one on 127.0.0.1")
     # checkpoints and evaluation
@@ -84,7 +88,8 @@ class RunConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not math.isfinite(value) or value <= 0:
                 bad(name, value, "must be a finite number > 0 (the paper uses sigma 0.001, alpha 0.0005)")
-        for name in ("num_iterations", "data_sample", "max_tokens", "max_model_len", "num_engines"):
+        for name in ("num_iterations", "data_sample", "max_tokens", "max_model_len", "num_engines",
+                     "tensor_parallel_size"):
             if getattr(self, name) < 1:
                 bad(name, getattr(self, name), "must be >= 1")
         if self.batch_size is not None and not 1 <= self.batch_size <= self.data_sample:
@@ -110,6 +115,18 @@ class RunConfig:
             bad("precision", self.precision, "use auto, bfloat16, float16 or float32")
         if self.master_dtype not in ("float32", "model"):
             bad("master_dtype", self.master_dtype, "use float32 or model")
+        if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
+            bad("gpu_memory_utilization", self.gpu_memory_utilization, "must be in (0, 1]")
+        if self.gpu_memory_gb is not None and not self.gpu_memory_gb > 0:
+            bad("gpu_memory_gb", self.gpu_memory_gb, "must be > 0 (GB of one GPU)")
+        ids = self.gpu_ids
+        if any(i < 0 for i in ids):
+            bad("cuda_devices", self.cuda_devices, "GPU ids are >= 0, as nvidia-smi numbers them")
+        if len(set(ids)) != len(ids):
+            bad("cuda_devices", self.cuda_devices, "lists a GPU twice; give each id once")
+        if ids and len(ids) % self.tensor_parallel_size:
+            bad("cuda_devices", self.cuda_devices, f"{len(ids)} GPUs do not split into engines of "
+                f"--tensor_parallel_size {self.tensor_parallel_size}; give a multiple of it")
         if self.noise_cache_mb < 0:
             bad("noise_cache_mb", self.noise_cache_mb, "must be >= 0 megabytes (0 turns the cache off)")
         if not 0 <= self.global_seed < 2**31:
@@ -203,7 +220,10 @@ def check_environment(config: RunConfig) -> None:
     from rewards import resolve_reward
 
     resolve_reward(config.reward_spec)
-    check_writable(Path(config.resume) if config.resume else Path(config.output_dir))
+    if not config.dry_run:
+        check_writable(Path(config.resume) if config.resume else Path(config.output_dir))
+    if config.dry_run and config.gpu_memory_gb:  # planning for GPUs this machine may not have
+        return
     if config.resolved_device == "cuda":
         available = count_gpus()
         if available == 0:
@@ -211,14 +231,17 @@ def check_environment(config: RunConfig) -> None:
                 f"--cuda_devices {config.cuda_devices!r}: this machine has no CUDA GPU; "
                 "use --device cpu --num_engines N"
             )
-        wanted = config.gpu_ids or list(range(config.num_engines))
+        wanted = config.gpu_ids or list(range(config.num_engines * config.tensor_parallel_size))
         missing = [g for g in wanted if g >= available]
         if missing:
-            raise ValueError(f"--cuda_devices {config.cuda_devices!r}: GPUs {missing} do not exist ({available} here)")
+            raise ValueError(f"--cuda_devices {config.cuda_devices!r}: GPUs {missing} do not exist "
+                             f"({available} here: ids 0..{available - 1})")
     else:
         cores = len(os.sched_getaffinity(0))
-        if config.num_engines > cores:
-            raise ValueError(f"--num_engines {config.num_engines}: more engines than the {cores} CPU cores here")
+        needed = config.num_engines * config.tensor_parallel_size
+        if needed > cores:
+            raise ValueError(f"--num_engines {config.num_engines} x --tensor_parallel_size {config.tensor_parallel_size}: "
+                             f"{needed} cores wanted, {cores} here")
 
 
 def count_gpus() -> int:

@@ -47,6 +47,7 @@ class Coordinator:
         self.progress = progress
         self.sampling_overrides = dict(sampling_overrides or {})  # e.g. {"ignore_eos": True} for benchmarks
         self.best_eval = max((r["eval"]["reward"] for r in self.records if "eval" in r), default=None)
+        self.restarts_counted = 0  # replacements already in a record (later ones, even between iterations, go in the next)
 
     # ---- the run ----------------------------------------------------------------------------------
     def run(self, start: int = 0) -> list[dict]:
@@ -75,7 +76,6 @@ class Coordinator:
     def step(self, iteration: int) -> dict:
         cfg = self.config
         started = time.perf_counter()
-        restarts_before = self.fleet.restarts
         seeds = member_seeds(cfg.global_seed, iteration, cfg.population_size)  # ask
         samples = self.batch(iteration)
         scored, timing = self.rollouts(iteration, seeds, samples)  # evaluate
@@ -93,6 +93,7 @@ class Coordinator:
         timing["iteration_s"] = time.perf_counter() - started
 
         tokens = sum(m["tokens"] for m in scored)
+        restarts, self.restarts_counted = self.fleet.restarts - self.restarts_counted, self.fleet.restarts
         return {
             "iteration": iteration,
             "reward_mean": statistics.fmean(rewards),
@@ -107,7 +108,8 @@ class Coordinator:
             "update_norm": next(r["update_norm"] for r in results if r),
             "reward_errors": sum(m["errors"] for m in scored),
             "reward_timeouts": sum(m["timeouts"] for m in scored),
-            "engine_restarts": self.fleet.restarts - restarts_before,
+            "engine_restarts": restarts,
+            "engines": len(self.fleet.engines),
             "seeds": seeds,
             "rewards": rewards,
             "coefficients": coefficients,

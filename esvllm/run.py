@@ -48,11 +48,43 @@ def main(argv: list[str] | None = None) -> Path:
     try:
         config = resolve_config(argv)
         check_environment(config)
+        inputs = prepare_inputs(config)
     except (ValueError, FileNotFoundError, PermissionError) as exc:
         sys.exit(f"error: {exc}")
+    if config.dry_run:
+        report_dry_run(config, inputs)
     logging.basicConfig(level=logging.INFO if config.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    return train(config)
+    return train(config, inputs)
+
+
+def prepare_inputs(config: RunConfig) -> dict:
+    """Data splits, the base model and the preflight checks (prompt lengths, memory plan): no engine."""
+    from esvllm.models import resolve_model
+    from esvllm.preflight import preflight
+    from rewards.data import task_splits
+
+    train_set, test_set = task_splits(config.task, config.data, config.data_sample, config.test_size, config.global_seed)
+    base_model = resolve_model(config.model_name)
+    plan, facts = preflight(config, base_model, train_set, test_set)
+    if plan is not None and not plan.fits and not config.dry_run:
+        raise ValueError(plan.describe())
+    return {"train": train_set, "test": test_set, "model": base_model, "plan": plan, "facts": facts}
+
+
+def report_dry_run(config: RunConfig, inputs: dict) -> None:
+    """Print what a run would do; the last line is one JSON object. Exit 0 when it fits, 1 when not."""
+    plan = inputs["plan"]
+    facts = inputs["facts"]
+    print(f"config ok: --experiment {config.experiment}, {facts['train_samples']} training and "
+          f"{facts['eval_samples']} evaluation samples, longest prompt {facts['longest_prompt_tokens']} tokens"
+          + (" (estimated: no tokenizer)" if facts["prompt_lengths_estimated"] else ""))
+    summary = {"fits": True, "device": config.resolved_device, **facts}
+    if plan is not None:
+        print(plan.describe())
+        summary.update(plan.to_dict())
+    print(json.dumps(summary))
+    sys.exit(0 if summary["fits"] else 1)
 
 
 def prepare_run(config: RunConfig, model_path: str):
@@ -83,7 +115,7 @@ def prepare_run(config: RunConfig, model_path: str):
     return run_dir, records, weights, RunLog(run_dir, config.to_dict(), resumed_records=records), log
 
 
-def train(config: RunConfig) -> Path:
+def train(config: RunConfig, inputs: dict | None = None) -> Path:
     """Start the engines, run (or resume) every iteration, export final/, stop engines and Ray."""
     import ray
 
@@ -91,20 +123,18 @@ def train(config: RunConfig) -> Path:
     from engines.pool import EngineOptions, EnginePool, init_ray
     from esvllm.coordinator import Coordinator
     from esvllm.eval import Evaluator
-    from esvllm.models import resolve_model
     from esvllm.runlog import write_atomic
     from esvllm.scoring import Scorer
-    from rewards.data import task_splits
 
+    inputs = inputs or prepare_inputs(config)
+    train_set, test_set, base_model = inputs["train"], inputs["test"], inputs["model"]
     scorer = Scorer(config.reward_spec, config.reward_fallback, config.reward_timeout)
-    train_set, test_set = task_splits(config.task, config.data, config.data_sample, config.test_size, config.global_seed)
     evaluator = Evaluator(test_set, scorer, config.max_tokens) if config.eval_every else None
-    base_model = resolve_model(config.model_name)
     run_dir, records, weights, runlog, log = prepare_run(config, base_model)
     start = len(log)
     print(f"run directory: {run_dir}" + (f" (resuming at iteration {start})" if config.resume else ""), flush=True)
 
-    options = EngineOptions.from_config(config)
+    options = EngineOptions.from_config(config, inputs["plan"])
     owns_ray = init_ray(config.ray_address, verbose=config.verbose,
                         num_cpus=None if config.ray_address else max(options.num_engines, 1))
     pool = coordinator = None
@@ -119,7 +149,7 @@ def train(config: RunConfig) -> Path:
             coordinator = Coordinator(config, fleet, train_set, scorer, runlog, evaluator, run_dir, records)
             coordinator.run(start=start)
             coordinator.save()
-            final = fleet.export(str(run_dir / "final"))
+            final = fleet.export(str(run_dir / "final"), options.model_dtype())  # checkpoints keep fp32
             print(f"final model: {final}")
     except KeyboardInterrupt:
         if coordinator is not None and pool.engines:

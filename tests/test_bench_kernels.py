@@ -9,7 +9,9 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from benchmarks.kernels import SHAPES, main, qwen2_tensors
+from benchmarks.kernels import main
+from esvllm.models import QWEN25_SHAPES as SHAPES
+from esvllm.models import qwen2_tensors
 
 
 @pytest.mark.parametrize("size", list(SHAPES))

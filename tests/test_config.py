@@ -38,6 +38,10 @@ def fails_with(argv, *fragments):
         (["--task", "no_such_task"], ["--task", "no_such_task", "countdown"]),
         (["--shaping", "ranks"], ["--shaping", "ranks", "centered_rank"]),
         (["--engine", "tensorrt"], ["--engine", "tensorrt", "vllm"]),
+        (["--cuda_devices", "0,0"], ["--cuda_devices", "'0,0'", "twice"]),
+        (["--cuda_devices", "-1"], ["--cuda_devices", ">= 0"]),
+        (["--cuda_devices", "0,1,2", "--tensor_parallel_size", "2"], ["--cuda_devices", "multiple"]),
+        (["--gpu_memory_utilization", "1.5"], ["--gpu_memory_utilization", "1.5"]),
     ],
 )
 def test_bad_config_fails_before_any_engine_starts(argv, fragments, monkeypatch):
@@ -94,3 +98,10 @@ def test_the_eval_cli_checks_its_flags_like_the_training_cli(argv, fragment):
     with pytest.raises(SystemExit) as info:
         evaluate(argv)
     assert fragment in str(info.value.code)
+
+
+def test_gpu_ids_that_do_not_exist_are_named_before_start(monkeypatch):
+    import esvllm.config
+
+    monkeypatch.setattr(esvllm.config, "count_gpus", lambda: 2)
+    fails_with(["--cuda_devices", "1,2,3"], "--cuda_devices", "[2, 3] do not exist", "0..1")

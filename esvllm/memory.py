@@ -1,0 +1,152 @@
+"""The memory plan of one engine's GPU(s): vLLM's share, the ES state, and whether the KV cache holds
+the run's sequences. Computed from the model's config.json alone (no weights, no GPU, no torch).
+
+Per GPU (tensor parallel size T):
+  model       parameters x model dtype bytes / T
+  ES state    the master (parameters x master bytes / T), the update buffer (largest tensor, fp32,
+              / T), the checksum's chunk temporaries, optimizer state, the noise cache (CPU only)
+  vLLM        gpu_memory_utilization x GPU memory: the model, activations, CUDA graphs, KV cache
+  reserve     CUDA context and allocator slack outside both
+
+vLLM takes its share when the engine starts; the ES state is allocated afterwards in what is left,
+so the share must leave it room: utilization = (GPU - ES state - reserve) / GPU. The KV cache is
+what vLLM's share keeps after the model and its activations; it must hold every sequence an engine
+generates at once (prompts x (prompt + max_tokens) tokens).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+GIB = 2**30
+CONTEXT_RESERVE = int(1.5 * GIB)  # CUDA context, NCCL and cuBLAS workspaces outside PyTorch's pool
+CHECKSUM_TEMPORARY = 7 * 2**20 * 8 * 4  # the checksum's int64 chunk, its indices, weights and product
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+@dataclasses.dataclass
+class ModelShape:
+    """What the memory plan needs from a Qwen2-style config.json."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    vocab: int
+    tied: bool
+    head_dim: int
+
+    @classmethod
+    def from_config(cls, config: dict) -> "ModelShape":
+        try:
+            heads = config["num_attention_heads"]
+            return cls(hidden=config["hidden_size"], intermediate=config["intermediate_size"],
+                       layers=config["num_hidden_layers"], heads=heads,
+                       kv_heads=config.get("num_key_value_heads", heads), vocab=config["vocab_size"],
+                       tied=bool(config.get("tie_word_embeddings", False)),
+                       head_dim=config.get("head_dim") or config["hidden_size"] // heads)
+        except KeyError as exc:
+            raise ValueError(f"config.json lacks {exc}: the memory plan needs a Qwen2/Llama-style config") from None
+
+    def tensors(self) -> dict[str, int]:
+        """Element count of each kind of tensor (per layer where it repeats)."""
+        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        return {"embed": self.vocab * self.hidden, "lm_head": 0 if self.tied else self.vocab * self.hidden,
+                "q": self.hidden * q + q, "k": self.hidden * kv + kv, "v": self.hidden * kv + kv,
+                "o": q * self.hidden, "gate": self.hidden * self.intermediate,
+                "up": self.hidden * self.intermediate, "down": self.intermediate * self.hidden,
+                "norms": 2 * self.hidden}
+
+    @property
+    def parameters(self) -> int:
+        t = self.tensors()
+        per_layer = sum(t[k] for k in ("q", "k", "v", "o", "gate", "up", "down", "norms"))
+        return t["embed"] + t["lm_head"] + self.layers * per_layer + self.hidden
+
+    @property
+    def largest_tensor(self) -> int:
+        t = self.tensors()
+        return max(t["embed"], t["gate"], t["q"], t["o"])
+
+    def kv_bytes_per_token(self, dtype_bytes: int, tp: int) -> int:
+        """K and V of one token in every layer, on one GPU (KV heads split, or replicated when fewer than T)."""
+        heads_here = max(1, self.kv_heads // tp)
+        return 2 * self.layers * heads_here * self.head_dim * dtype_bytes
+
+
+@dataclasses.dataclass
+class MemoryPlan:
+    fits: bool
+    gpu_memory_gb: float
+    tensor_parallel_size: int
+    parameters: int
+    model_bytes: int
+    es_state_bytes: int
+    activation_bytes: int
+    kv_cache_bytes: int  # what vLLM's share leaves for the KV cache
+    kv_cache_needed_bytes: int
+    sequences: int
+    tokens_per_sequence: int
+    gpu_memory_utilization: float
+    reasons: list[str]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def describe(self) -> str:
+        gb = lambda b: f"{b / GIB:.1f} GiB"
+        lines = [f"memory plan per GPU ({self.gpu_memory_gb:g} GB, tensor parallel {self.tensor_parallel_size}): "
+                 f"{self.parameters / 1e9:.2f}B parameters",
+                 f"  model weights {gb(self.model_bytes)}, ES state {gb(self.es_state_bytes)}, "
+                 f"activations ~{gb(self.activation_bytes)}, reserve {gb(CONTEXT_RESERVE)}",
+                 f"  vLLM gpu_memory_utilization {self.gpu_memory_utilization:.3f}: KV cache {gb(self.kv_cache_bytes)} "
+                 f"for {self.sequences} sequences x {self.tokens_per_sequence} tokens = "
+                 f"{gb(self.kv_cache_needed_bytes)} needed",
+                 "  fits" if self.fits else "  does NOT fit: " + "; ".join(self.reasons)]
+        return "\n".join(lines)
+
+
+def plan(shape: ModelShape, gpu_memory_bytes: int, *, model_dtype: str = "bfloat16", master_dtype: str = "float32",
+         tensor_parallel_size: int = 1, sequences: int = 1, tokens_per_sequence: int = 1024,
+         optimizer_state_bytes_per_parameter: int = 0, max_num_batched_tokens: int = 8192,
+         gpu_memory_utilization: float | None = None) -> MemoryPlan:
+    """Memory per GPU of one engine; `gpu_memory_utilization` overrides the computed share."""
+    tp = tensor_parallel_size
+    model_bytes_per = DTYPE_BYTES[model_dtype]
+    master_bytes_per = model_bytes_per if master_dtype == "model" else DTYPE_BYTES[master_dtype]
+    params = shape.parameters
+    model_bytes = math.ceil(params * model_bytes_per / tp)
+    # master (+ optimizer state), the update's fp32 delta and an export's model-dtype copy of the
+    # largest tensor, the checksum's chunk temporaries
+    es_state = (math.ceil(params * (master_bytes_per + optimizer_state_bytes_per_parameter) / tp)
+                + math.ceil(shape.largest_tensor * (4 + model_bytes_per) / tp) + CHECKSUM_TEMPORARY)
+    # vLLM profiles a forward pass of max_num_batched_tokens: the MLP's gate/up output dominates,
+    # plus the sampler's logits for its sequences.
+    activations = (max_num_batched_tokens * (shape.hidden * 6 + shape.intermediate * 4 // tp) * model_bytes_per
+                   + 256 * shape.vocab * 4)
+    share = gpu_memory_utilization
+    if share is None:
+        share = max(0.0, (gpu_memory_bytes - es_state - CONTEXT_RESERVE) / gpu_memory_bytes)
+    share = math.floor(share * 1000) / 1000
+    kv_available = int(share * gpu_memory_bytes) - model_bytes - activations
+    kv_needed = sequences * tokens_per_sequence * shape.kv_bytes_per_token(model_bytes_per, tp)
+    reasons = []
+    if share * gpu_memory_bytes + es_state + CONTEXT_RESERVE > gpu_memory_bytes:
+        reasons.append(f"vLLM's share {share:.3f} leaves {(1 - share) * gpu_memory_bytes / GIB:.1f} GiB, the ES state "
+                       f"needs {es_state / GIB:.1f} GiB plus {CONTEXT_RESERVE / GIB:.1f} GiB reserve")
+    if kv_available < kv_needed:
+        reasons.append(f"the KV cache gets {max(kv_available, 0) / GIB:.1f} GiB, the run's {sequences} sequences x "
+                       f"{tokens_per_sequence} tokens need {kv_needed / GIB:.1f} GiB")
+    if reasons:
+        fixes = [f"--tensor_parallel_size {tp * 2} (half the weights and ES state per GPU)"]
+        if master_dtype != "model":
+            fixes.append("--master_dtype model (no fp32 master: half the ES state, sub-ulp updates lost)")
+        fixes.append("fewer prompts per iteration (--batch_size) or a shorter --max_tokens")
+        reasons.append("to fix: " + ", or ".join(fixes))
+    return MemoryPlan(fits=not reasons, gpu_memory_gb=gpu_memory_bytes / 1e9, tensor_parallel_size=tp,
+                      parameters=params, model_bytes=model_bytes, es_state_bytes=es_state,
+                      activation_bytes=activations, kv_cache_bytes=max(kv_available, 0),
+                      kv_cache_needed_bytes=kv_needed, sequences=sequences, tokens_per_sequence=tokens_per_sequence,
+                      gpu_memory_utilization=share, reasons=reasons)

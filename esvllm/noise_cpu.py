@@ -1,0 +1,100 @@
+"""The CPU noise kernel: esvllm/noise_cpu.c, compiled once with the system C compiler and called
+through ctypes (which releases the GIL). Without a compiler the torch reference computes the same
+bits, many times slower (a warning says so).
+
+The library is cached in $ESVLLM_CACHE/kernels (default ~/.cache/esvllm/kernels), named by a
+digest of the source and flags, and written atomically, so concurrent engines never load a
+half-written file.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+from esvllm.noise import quantile_table
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("noise_cpu.c")
+# -march=native: the values are integer arithmetic, the same bits whatever vector instructions are
+# used; no fast-math, so the one int -> float conversion stays exact.
+FLAGS = ["-O3", "-funroll-loops", "-march=native", "-fPIC", "-shared", "-fno-fast-math"]
+
+
+def cpu_flags() -> str:
+    """This processor's feature flags: the cached library is built for them (-march=native)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return os.uname().machine
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ESVLLM_CACHE", Path.home() / ".cache" / "esvllm")) / "kernels"
+
+
+@lru_cache(maxsize=1)
+def library():
+    """The compiled kernel, or None when no C compiler is found."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        logger.warning("no C compiler: ES noise on CPU uses the torch reference (same values, much slower)")
+        return None
+    source = SOURCE.read_bytes()
+    tag = hashlib.sha256(source + " ".join(FLAGS).encode() + cpu_flags().encode()).hexdigest()[:16]
+    target = cache_dir() / f"noise_cpu-{tag}.so"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+            built = Path(scratch) / target.name
+            subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built)], check=True, capture_output=True)
+            os.replace(built, target)
+    lib = ctypes.CDLL(str(target))
+    lib.fill_rows.restype = None
+    lib.fill_rows.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+                              ctypes.c_uint32, ctypes.c_uint32, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
+    return lib
+
+
+@lru_cache(maxsize=1)
+def table_tensor():
+    import torch
+
+    return torch.tensor(quantile_table(), dtype=torch.int32)
+
+
+def fill_rows(out, key: tuple[int, int], row0: int, col0: int, row_stride: int) -> None:
+    lib = library()
+    rows, width = out.shape
+    if lib is None:
+        import torch
+
+        from esvllm.noise import noise_reference
+
+        index = (torch.arange(rows, dtype=torch.int64)[:, None] + row0) * row_stride + col0 + \
+            torch.arange(width, dtype=torch.int64)[None, :]
+        out.copy_(noise_reference_from_key(key, index))
+        return
+    table = table_tensor()
+    lib.fill_rows(out.data_ptr(), rows, width, table.data_ptr(), key[0], key[1], row0, col0, row_stride)
+
+
+def noise_reference_from_key(key, index):
+    from esvllm.noise import bits_to_normal_reference, philox_reference
+
+    lanes = philox_reference(index >> 2, key)
+    import torch
+
+    u = torch.stack(lanes, dim=-1).gather(-1, (index & 3).unsqueeze(-1)).squeeze(-1)
+    return bits_to_normal_reference(u)

@@ -1,0 +1,81 @@
+"""Checks that need the data and the model's config but no engine: prompt lengths and the memory plan.
+
+Both run before Ray or any engine starts (and are all that `--dry_run` does after validating the
+config): a prompt too long for --max_model_len is named with its index and lengths, and a run whose
+ES state or KV cache would not fit the GPU is refused with what to change.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+from pathlib import Path
+
+from esvllm.memory import MemoryPlan, ModelShape, plan
+
+CHARS_PER_TOKEN_ESTIMATE = 3  # without a tokenizer: fewer characters per token than Qwen's ~4, so lengths err high
+
+
+def token_counts(model_dir: str, prompts: list[str]) -> tuple[list[int], bool]:
+    """Token count of each prompt, and whether they are estimates (no tokenizer in the model dir)."""
+    has_tokenizer = any((Path(model_dir) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
+    if not has_tokenizer:
+        return [math.ceil(len(p) / CHARS_PER_TOKEN_ESTIMATE) for p in prompts], True
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]], False
+
+
+def check_prompt_lengths(splits: dict[str, list[dict]], counts: dict[str, list[int]], max_tokens: int,
+                         max_model_len: int) -> None:
+    for split, samples in splits.items():
+        for index, (sample, length) in enumerate(zip(samples, counts[split])):
+            if length + max_tokens > max_model_len:
+                raise ValueError(
+                    f"{split} sample {index} has a prompt of {length} tokens; with --max_tokens {max_tokens} it needs "
+                    f"{length + max_tokens} > --max_model_len {max_model_len}. Raise --max_model_len to at least "
+                    f"{length + max_tokens}, lower --max_tokens, or drop the sample ({sample['prompt'][:60]!r}...)")
+
+
+def gpu_memory_bytes(config) -> int:
+    """One GPU's memory: --gpu_memory_gb, else what nvidia-smi reports for the first GPU used."""
+    if config.gpu_memory_gb:
+        return int(config.gpu_memory_gb * 1e9)
+    if shutil.which("nvidia-smi"):
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=20)
+        totals = [int(line) * 2**20 for line in out.stdout.split() if line.strip().isdigit()]
+        if totals:
+            ids = config.gpu_ids or [0]
+            return min(totals[i] for i in ids if i < len(totals))
+    raise ValueError("no GPU to plan for: pass --gpu_memory_gb G (the memory of one GPU, in GB)")
+
+
+def memory_plan(config, model_dir: str, longest_prompt: int, optimizer_bytes: int = 0) -> MemoryPlan:
+    shape = ModelShape.from_config(json.loads((Path(model_dir) / "config.json").read_text()))
+    prompts = config.batch_size or config.data_sample
+    dtype = config.precision if config.precision != "auto" else "bfloat16"
+    return plan(shape, gpu_memory_bytes(config), model_dtype=dtype, master_dtype=config.master_dtype,
+                tensor_parallel_size=config.tensor_parallel_size, sequences=prompts,
+                tokens_per_sequence=min(config.max_model_len, longest_prompt + config.max_tokens),
+                optimizer_state_bytes_per_parameter=optimizer_bytes,
+                gpu_memory_utilization=config.gpu_memory_utilization)
+
+
+def preflight(config, model_dir: str, train: list[dict], test: list[dict]) -> tuple[MemoryPlan | None, dict]:
+    """Prompt lengths for every split, then (on CUDA, or for --dry_run) the memory plan."""
+    splits = {"training": train, "evaluation": test}
+    counts, estimated = {}, False
+    for split, samples in splits.items():
+        counts[split], estimated = token_counts(model_dir, [s["prompt"] for s in samples])
+    check_prompt_lengths(splits, counts, config.max_tokens, config.max_model_len)
+    longest = max((c for values in counts.values() for c in values), default=0)
+    facts = {"longest_prompt_tokens": longest, "prompt_lengths_estimated": estimated,
+             "train_samples": len(train), "eval_samples": len(test)}
+    if config.resolved_device != "cuda" and not config.gpu_memory_gb:
+        return None, facts
+    return memory_plan(config, model_dir, longest), facts
+

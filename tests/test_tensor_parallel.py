@@ -1,0 +1,54 @@
+"""Tensor parallelism on CPU: one engine over two ranks (vLLM's mp executor, gloo) holds the same
+weights and computes the same run as a one-rank engine, bit for bit."""
+
+import pytest
+import torch
+
+from esvllm.runlog import read_metrics
+
+from .conftest import start_pool
+from .helpers import ARGS, final_weights, run, same_weights, without_eval
+
+pytestmark = pytest.mark.engine
+
+
+@pytest.fixture(scope="module")
+def one_and_two_ranks(ray_session, tiny_model):
+    single = start_pool(tiny_model, num_engines=1)
+    sharded = start_pool(tiny_model, num_engines=1, tensor_parallel_size=2)
+    yield single.engines[0], sharded.engines[0]
+    single.shutdown()
+    sharded.shutdown()
+
+
+def test_two_ranks_perturb_every_hf_tensor_to_the_one_rank_values(one_and_two_ranks):
+    one, two = one_and_two_ranks
+    assert two.info["ranks"] == 2
+    assert (two.info["tensors"], two.info["parameters"]) == (one.info["tensors"], one.info["parameters"])
+    for engine in (one, two):
+        engine.perturb(4242, 0.02)
+    a, b = one.read_weights(), two.read_weights()  # the ranks' shards assembled into HF tensors
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert one.checksum() == two.checksum()
+
+
+def test_two_ranks_apply_the_same_update_and_report_the_same_checksum(one_and_two_ranks):
+    one, two = one_and_two_ranks
+    pairs = [(7, 3e-3), (8, -2e-3), (9, 1e-5)]
+    results = [engine.apply_update(pairs) for engine in (one, two)]
+    assert one.checksum() == two.checksum() and one.checksum(base_only=True) == two.checksum(base_only=True)
+    assert results[1]["update_norm"] == pytest.approx(results[0]["update_norm"], rel=1e-6)
+    a, b = one.master_weights(), two.master_weights()
+    assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_a_run_on_a_two_rank_engine_equals_the_one_rank_run(first_run, tmp_path):
+    sharded = run(tmp_path, "tp2", ["--num_engines", "1", "--tensor_parallel_size", "2"])
+    records = read_metrics(sharded)
+    assert all(r["checksum"] for r in records)
+    # Same rewards (generation), same checksums (weights); the update norm is a float sum over shards.
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "update_norm"} for r in without_eval(rs)]
+    assert strip(records) == strip(read_metrics(first_run))
+    assert same_weights(final_weights(sharded), final_weights(first_run))  # export assembles the shards
