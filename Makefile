@@ -12,9 +12,11 @@ OUTPUT  ?= runs
 
 PORT    ?= 6006
 DATA    ?=
-GPU_FLAGS = --cuda_devices $(CUDA_DEVICES) $(if $(MODEL),--model_name $(MODEL)) $(if $(DATA),--data $(DATA))
+EVAL    ?=
+GPU_FLAGS = --cuda_devices $(CUDA_DEVICES) $(if $(MODEL),--model_name $(MODEL)) $(if $(DATA),--data $(DATA)) \
+            $(if $(EVAL),--eval_data $(EVAL))
 
-.PHONY: install demo test test-fast gpu-check bench bench-engine bench-kernels tensorboard countdown conciseness clean
+.PHONY: install demo test test-fast gpu-check bench bench-rewards math bench-engine bench-kernels tensorboard countdown conciseness clean
 
 install: $(STAMP)
 
@@ -38,11 +40,15 @@ countdown: $(STAMP)
 conciseness: $(STAMP)
 	$(PY) -m esvllm.run --experiment conciseness --output_dir $(OUTPUT) $(GPU_FLAGS)
 
+math: $(STAMP)
+	$(PY) -m esvllm.run --experiment math --output_dir $(OUTPUT) $(GPU_FLAGS)
+
 tensorboard: $(STAMP)
 	$(VENV)/bin/tensorboard --logdir $(OUTPUT) --host 127.0.0.1 --port $(PORT)
 
+# On a GPU machine (CUDA build of vLLM): the GPU tests and everything that starts no CPU engine.
 test: $(STAMP)
-	$(PY) -m pytest $(if $(HAS_GPU),,-m "not gpu") $(PYTEST_ARGS)
+	$(PY) -m pytest $(if $(HAS_GPU),-m "gpu or not engine",-m "not gpu") $(PYTEST_ARGS)
 
 # No vLLM engine, no GPU: ES math, rewards, config, checkpoints, and whole runs on fake engines.
 test-fast: $(STAMP)
@@ -50,6 +56,9 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.es --device $(DEVICE) --out bench
+
+bench-rewards: $(STAMP)
+	$(PY) -m benchmarks.rewards --json bench/rewards.json
 
 bench-engine: $(STAMP)
 	$(PY) -m benchmarks.engine --json bench/engine.json

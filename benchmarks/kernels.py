@@ -80,6 +80,12 @@ def bench_size(size: str, device: str, dtype: str, population: int, repeats: int
     largest = torch.empty(max(t.numel() for t in master.values()), device=device)
     noise_s = timed(lambda: [fill_noise(largest[: t.numel()].view(t.shape), 3, n) for n, t in master.items()],
                     device, repeats)
+    # Before the counter-based noise: one torch.Generator per tensor, seeded, then normal_.
+    def torch_noise():
+        for i, t in enumerate(master.values()):
+            largest[: t.numel()].normal_(generator=torch.Generator(device=device).manual_seed(i))
+
+    torch_noise_s = timed(torch_noise, device, repeats)
     perturb_s = timed(lambda: es.perturb(11, 1e-3), device, repeats)
     pairs = [(1000 + i, 1e-6 * (-1) ** i) for i in range(population)]
     update_s = timed(lambda: es.apply_update(pairs), device, max(1, repeats // 3))
@@ -91,7 +97,7 @@ def bench_size(size: str, device: str, dtype: str, population: int, repeats: int
     }
     return {
         "size": size, "parameters": params, "dtype": dtype, "population": population,
-        "noise_s": noise_s, "perturb_s": perturb_s, "update_s": update_s,
+        "noise_s": noise_s, "torch_generator_noise_s": torch_noise_s, "perturb_s": perturb_s, "update_s": update_s,
         "floor_s": floors,
         "noise_over_floor": noise_s / floors["noise"],
         "perturb_over_floor": perturb_s / floors["perturb"],
@@ -104,10 +110,11 @@ def bench_size(size: str, device: str, dtype: str, population: int, repeats: int
 def markdown(results: dict) -> str:
     lines = [f"{results['device_name']}, {results['date']}, copy bandwidth {results['bandwidth'] / 1e9:.0f} GB/s "
              f"(read + write), model dtype {results['dtype']}, fp32 master, N={results['population']}:", "",
-             "| size | params | noise ms (x floor) | perturb ms (x floor) | update(N) ms (x floor; x floor with N noise writes) |",
-             "|---|---|---|---|---|"]
+             "| size | params | noise ms (x floor) | torch.Generator normal_ ms | perturb ms (x floor) | update(N) ms (x floor; x floor with N noise writes) |",
+             "|---|---|---|---|---|---|"]
     for r in results["sizes"]:
         lines.append(f"| {r['size']} | {r['parameters'] / 1e6:.1f}M | {r['noise_s'] * 1e3:.1f} ({r['noise_over_floor']:.2f}) | "
+                     f"{r['torch_generator_noise_s'] * 1e3:.1f} | "
                      f"{r['perturb_s'] * 1e3:.1f} ({r['perturb_over_floor']:.2f}) | {r['update_s'] * 1e3:.0f} "
                      f"({r['update_over_floor']:.1f}; {r['update_over_materialised_floor']:.2f}) |")
     return "\n".join(lines)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from engines.backends import BACKENDS
 from esvllm.es import SHAPINGS
-from rewards.data import TASKS
+from rewards.data import TASKS, TEMPLATES
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 
@@ -31,9 +31,13 @@ class RunConfig:
     # what to train
     experiment: str = field("custom", "name of the run (and of its preset in experiments/, if any)")
     model_name: str = field("tiny", "HF checkpoint directory or built-in model (tiny, small, medium)")
-    task: str = field("countdown", "task: its data generator, prompt and default reward (countdown, conciseness)")
+    task: str = field("countdown", "task: its data, prompt and default reward (countdown, addition, conciseness, math)")
     reward: str | None = field(None, "reward name (countdown, conciseness) or module:function; default: the task's")
-    data: str | None = field(None, "data file (.json, .jsonl, HF dataset dir); default: the task's generator")
+    data: str | None = field(None, "data file (.json, .jsonl, HF dataset dir, DIR:split); default: the task's generator")
+    eval_data: list[str] | None = field(None, "held-out sets to evaluate on instead of the --data rows after the training ones: "
+                                              "PATH or NAME=PATH[:split], several allowed", nargs="+")
+    prompt_field: str | None = field(None, "the column holding the prompt; default: prompt, context, problem, question or messages")
+    template: str = field("auto", "prompt template: auto (the task's), plain, chat (the tokenizer's chat template), qwen_math")
     data_sample: int = field(200, "number of training samples (the paper's --data_sample)")
     batch_size: int | None = field(None, "prompts per iteration, drawn from the training samples; default: all")
     test_size: int = field(64, "held-out samples kept apart from training (never overlapping)")
@@ -74,6 +78,8 @@ class RunConfig:
     # output
     output_dir: str = field("runs", "where run directories are created (the paper's --experiment_dir)")
     verbose: bool = field(False, "show engine logs")
+    wandb_project: str | None = field(None, "also log to Weights & Biases, this project (needs `pip install wandb`; "
+                                            "WANDB_MODE=offline works without a network)")
 
     def __post_init__(self):
         self.validate()
@@ -107,6 +113,8 @@ class RunConfig:
             bad("engine", self.engine, f"use one of {', '.join(BACKENDS)}")
         if self.task not in TASKS:
             bad("task", self.task, f"use one of {', '.join(TASKS)} (any task takes --data FILE and --reward)")
+        if self.template not in TEMPLATES:
+            bad("template", self.template, f"use one of {', '.join(TEMPLATES)}")
         if self.shaping not in SHAPINGS:
             bad("shaping", self.shaping, f"use one of {', '.join(SHAPINGS)}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -161,8 +169,10 @@ class EvalConfig:
     """`python -m esvllm.eval`: greedy evaluation of a model on held-out data."""
 
     model: str = field(None, "HF checkpoint directory or built-in model name (required)")
-    task: str = field("countdown", "task of the data and default reward (countdown, conciseness)")
-    data: str | None = field(None, "data file (.json, .jsonl, HF dataset dir); all of it is evaluated")
+    task: str = field("countdown", "task of the data and default reward (countdown, addition, conciseness, math)")
+    data: str | None = field(None, "data file (.json, .jsonl, HF dataset dir, DIR:split); all of it is evaluated")
+    prompt_field: str | None = field(None, "the column holding the prompt (default: prompt, context, problem, ...)")
+    template: str = field("auto", "prompt template: auto (the task's), plain, chat, qwen_math")
     reward: str | None = field(None, "reward name or module:function; default: the task's")
     data_sample: int = field(200, "training samples the run used (skipped: the held-out split follows them)")
     test_size: int = field(64, "held-out samples (built-in data)")
@@ -215,8 +225,9 @@ def check_environment(config: RunConfig) -> None:
 
     if config.model_name not in BUILTIN_MODELS:
         resolve_model(config.model_name)
-    if config.data and not Path(config.data).expanduser().exists():
-        raise FileNotFoundError(f"--data {config.data!r}: no such file or directory")
+    for flag, spec in [("data", config.data)] + [("eval_data", s.partition("=")[2] or s) for s in config.eval_data or []]:
+        if spec and not Path(spec).expanduser().exists() and not Path(spec.rsplit(":", 1)[0]).expanduser().exists():
+            raise FileNotFoundError(f"--{flag} {spec!r}: no such file or directory")
     from rewards import resolve_reward
 
     resolve_reward(config.reward_spec)

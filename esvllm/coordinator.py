@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import logging
 import random
-import statistics
 import time
 from pathlib import Path
 
 from engines.fleet import NoEngineLeft
 from esvllm import checkpoint
 from esvllm.es import member_seeds, update_coefficients
-from esvllm.runlog import progress_bar, summary_line
+from esvllm.eval import first_set
+from esvllm.runlog import eval_line, iteration_record, progress_bar, say, summary_line
 
 logger = logging.getLogger(__name__)
 
@@ -46,13 +46,15 @@ class Coordinator:
         self.records = list(records or [])
         self.progress = progress
         self.sampling_overrides = dict(sampling_overrides or {})  # e.g. {"ignore_eos": True} for benchmarks
-        self.best_eval = max((r["eval"]["reward"] for r in self.records if "eval" in r), default=None)
+        self.best_eval = max((first_set(r["eval"])["reward"] for r in self.records if "eval" in r), default=None)
         self.restarts_counted = 0  # replacements already in a record (later ones, even between iterations, go in the next)
 
     # ---- the run ----------------------------------------------------------------------------------
     def run(self, start: int = 0) -> list[dict]:
         cfg = self.config
         try:
+            if start == 0 and self.evaluator is not None and cfg.eval_every:
+                self.evaluate(0)  # the base model, before any update
             for iteration in range(start, cfg.num_iterations):
                 record = self.step(iteration)
                 if self.evaluator is not None and cfg.eval_every and (iteration + 1) % cfg.eval_every == 0:
@@ -61,7 +63,7 @@ class Coordinator:
                 if self.runlog:
                     self.runlog.log(record)
                 self.fleet.log.commit()  # the iteration is durable from here on
-                self._say(summary_line(record, cfg.num_iterations))
+                say(self.progress, summary_line(record, cfg.num_iterations))
                 if cfg.save_every and (iteration + 1) % cfg.save_every == 0 and iteration + 1 < cfg.num_iterations:
                     try:
                         self.save()
@@ -71,6 +73,10 @@ class Coordinator:
         except NoEngineLeft as exc:
             path = self.save(with_weights=False)
             raise NoEngineLeft(f"{exc}; {self.fleet.log.committed} iterations done, checkpoint saved: {path}") from exc
+        except RewardFailed as exc:
+            path = self.save()
+            raise RewardFailed(f"{exc}; {self.fleet.log.committed} iterations done, checkpoint saved: {path}") \
+                from exc.__cause__
         return self.records
 
     def step(self, iteration: int) -> dict:
@@ -92,29 +98,10 @@ class Coordinator:
         timing["sync_s"] = time.perf_counter() - t0
         timing["iteration_s"] = time.perf_counter() - started
 
-        tokens = sum(m["tokens"] for m in scored)
         restarts, self.restarts_counted = self.fleet.restarts - self.restarts_counted, self.fleet.restarts
-        return {
-            "iteration": iteration,
-            "reward_mean": statistics.fmean(rewards),
-            "reward_std": statistics.pstdev(rewards),
-            "reward_min": min(rewards),
-            "reward_max": max(rewards),
-            "components": _mean_components(scored),
-            "time": timing,
-            "tokens": tokens,
-            "tokens_per_s": tokens / timing["rollout_s"] if timing["rollout_s"] > 0 else 0.0,
-            "mean_completion_tokens": tokens / (len(scored) * len(samples)),
-            "update_norm": next(r["update_norm"] for r in results if r),
-            "reward_errors": sum(m["errors"] for m in scored),
-            "reward_timeouts": sum(m["timeouts"] for m in scored),
-            "engine_restarts": restarts,
-            "engines": len(self.fleet.engines),
-            "seeds": seeds,
-            "rewards": rewards,
-            "coefficients": coefficients,
-            "checksum": checksum,  # every engine's, when checked this iteration (they agreed)
-        }
+        return iteration_record(iteration, scored, len(samples), timing, seeds=seeds, coefficients=coefficients,
+                                update_norm=next(r["update_norm"] for r in results if r), engine_restarts=restarts,
+                                engines=len(self.fleet.engines), checksum=checksum)
 
     def batch(self, iteration: int) -> list[dict]:
         size = self.config.batch_size
@@ -149,6 +136,10 @@ class Coordinator:
         def collect(block: bool = False) -> None:
             for member in [m for m, f in scoring.items() if block or f.done()]:
                 scored[member] = {**scoring.pop(member).result(), "tokens": tokens[member]}
+                if scored[member]["errors"]:
+                    logger.warning("member %d (seed %d): %d of %d rewards failed and scored %s: %s", member,
+                                   seeds[member], scored[member]["errors"], len(samples),
+                                   self.config.reward_fallback, scored[member]["error"])
                 timing["score_s"] += scored[member]["score_s"]
                 bar.update(1)
                 bar.set_postfix(reward=f"{scored[member]['reward']:.3f}")
@@ -161,19 +152,16 @@ class Coordinator:
             raise RewardFailed(f"iteration {iteration}: the reward raised on every sample") from scored[0]["error"]
         return scored, timing
 
-    def _say(self, line: str) -> None:
-        if self.progress:
-            from tqdm import tqdm
-
-            tqdm.write(line)  # above the progress bar
-        else:
-            logger.info(line)
-
     # ---- evaluation and checkpoints ---------------------------------------------------------------
     def evaluate(self, iteration: int) -> dict:
+        """Held-out evaluation of the weights after `iteration` updates (0: the base model)."""
         summary = self.evaluator.evaluate(self.fleet, iteration)
-        if self.config.save_best and (self.best_eval is None or summary["reward"] > self.best_eval):
-            self.best_eval = summary["reward"]
+        if self.runlog:
+            self.runlog.log_eval(iteration, summary)
+        say(self.progress, eval_line(iteration, summary))
+        reward = first_set(summary)["reward"]  # the first set decides the best model
+        if iteration > 0 and self.config.save_best and (self.best_eval is None or reward > self.best_eval):
+            self.best_eval = reward
             self.fleet.export(str(self.run_dir / "best"))
         return summary
 
@@ -194,7 +182,3 @@ class Coordinator:
             self.fleet.exported(str((path / "model").resolve()), iteration)
         return path
 
-
-def _mean_components(scored: list[dict]) -> dict:
-    keys = sorted({k for m in scored for k in m["components"]})
-    return {k: statistics.fmean(m["components"][k] for m in scored if k in m["components"]) for k in keys}

@@ -20,6 +20,8 @@ import string
 import tempfile
 from pathlib import Path
 
+from esvllm.pretrain import Recipe
+
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<unk>")
 # Printable ASCII with space and newline: enough for arithmetic prompts and answers.
 CHARACTERS = [c for c in string.printable if c not in "\t\r\x0b\x0c"]
@@ -39,6 +41,7 @@ class ModelSpec:
     max_position_embeddings: int = 1024
     init_std: float = 0.02
     seed: int = 0
+    pretrain: Recipe | None = None  # supervised pre-training on a task (esvllm.pretrain), if any
 
     def digest(self) -> str:
         text = json.dumps(dataclasses.asdict(self), sort_keys=True) + f"/vocab{VOCAB_SIZE}/v1"
@@ -52,6 +55,8 @@ BUILTIN_MODELS = {
     "small": ModelSpec(512, 1536, 8, 8, 2, tie_word_embeddings=False),
     # ~100M parameters: for scaling figures.
     "medium": ModelSpec(768, 3072, 12, 12, 4, tie_word_embeddings=False),
+    # tiny's shape, pre-trained on the addition task's pre-training problems: the CPU demo's base model.
+    "adder": ModelSpec(128, 256, 2, 4, 2, tie_word_embeddings=True, pretrain=Recipe()),
 }
 
 
@@ -59,17 +64,50 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ESVLLM_CACHE", Path.home() / ".cache" / "esvllm")) / "models"
 
 
+HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]  # never pickles
+
+
 def resolve_model(name_or_path: str) -> str:
-    """Path of an HF checkpoint: a built-in name (built on first use) or an existing directory."""
+    """Path of an HF checkpoint: a built-in name (built on first use), an existing directory, or a
+    Hugging Face Hub name like Qwen/Qwen2.5-3B-Instruct (from the Hub cache, else downloaded)."""
     if name_or_path in BUILTIN_MODELS:
         return str(build_model(name_or_path))
     path = Path(name_or_path).expanduser()
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"model {name_or_path!r}: no HF checkpoint at {path.resolve()} (config.json missing). "
-            f"Pass a local checkpoint directory or a built-in model: {', '.join(BUILTIN_MODELS)}"
-        )
-    return str(path.resolve())
+    if (path / "config.json").is_file():
+        return str(path.resolve())
+    if not path.exists() and _looks_like_hub_name(name_or_path):
+        return from_hub(name_or_path)
+    raise FileNotFoundError(
+        f"model {name_or_path!r}: no HF checkpoint at {path.resolve()} (config.json missing). Pass a local "
+        f"checkpoint directory, a Hub name (org/model), or a built-in model: {', '.join(BUILTIN_MODELS)}"
+    )
+
+
+def _looks_like_hub_name(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "~"))
+
+
+def from_hub(repo_id: str) -> str:
+    """The checkpoint's directory in the Hugging Face cache: cached, or downloaded now (progress bar).
+    Only config, tokenizer and safetensors files are fetched. HF_HUB_OFFLINE=1 uses the cache alone."""
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+    except ImportError:
+        raise FileNotFoundError(f"model {repo_id!r}: not a local directory, and huggingface_hub is not "
+                                "installed to fetch it from the Hub") from None
+    try:
+        path = snapshot_download(repo_id, allow_patterns=HUB_FILES)
+    except LocalEntryNotFoundError as exc:
+        raise FileNotFoundError(f"model {repo_id!r}: not in the Hugging Face cache and the Hub cannot be reached "
+                                f"({exc.__class__.__name__}); download it where there is a network, or pass a "
+                                "local directory") from None
+    except Exception as exc:  # repository not found, gated, network errors: name the model and why
+        raise FileNotFoundError(f"model {repo_id!r}: cannot get it from the Hugging Face Hub: {exc}") from None
+    if not (Path(path) / "config.json").is_file():
+        raise FileNotFoundError(f"model {repo_id!r}: the Hub snapshot at {path} has no config.json")
+    return str(path)
 
 
 def build_model(name: str, root: Path | None = None) -> Path:
@@ -119,6 +157,10 @@ def write_checkpoint(spec: ModelSpec, path: Path) -> None:
         for name, param in model.named_parameters():
             if name.endswith(".bias"):
                 param.normal_(0.0, spec.init_std)
+    if spec.pretrain is not None:
+        from esvllm.pretrain import pretrain
+
+        pretrain(model, tokenizer, spec.pretrain)
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
 

@@ -20,6 +20,8 @@ CHARS_PER_TOKEN_ESTIMATE = 3  # without a tokenizer: fewer characters per token 
 
 def token_counts(model_dir: str, prompts: list[str]) -> tuple[list[int], bool]:
     """Token count of each prompt, and whether they are estimates (no tokenizer in the model dir)."""
+    if not prompts:
+        return [], False
     has_tokenizer = any((Path(model_dir) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
     if not has_tokenizer:
         return [math.ceil(len(p) / CHARS_PER_TOKEN_ESTIMATE) for p in prompts], True
@@ -65,16 +67,16 @@ def memory_plan(config, model_dir: str, longest_prompt: int, optimizer_bytes: in
                 gpu_memory_utilization=config.gpu_memory_utilization)
 
 
-def preflight(config, model_dir: str, train: list[dict], test: list[dict]) -> tuple[MemoryPlan | None, dict]:
+def preflight(config, model_dir: str, train: list[dict], evals: dict[str, list[dict]]) -> tuple[MemoryPlan | None, dict]:
     """Prompt lengths for every split, then (on CUDA, or for --dry_run) the memory plan."""
-    splits = {"training": train, "evaluation": test}
+    splits = {"training": train, **{f"evaluation set {name!r}": samples for name, samples in evals.items()}}
     counts, estimated = {}, False
     for split, samples in splits.items():
         counts[split], estimated = token_counts(model_dir, [s["prompt"] for s in samples])
     check_prompt_lengths(splits, counts, config.max_tokens, config.max_model_len)
     longest = max((c for values in counts.values() for c in values), default=0)
     facts = {"longest_prompt_tokens": longest, "prompt_lengths_estimated": estimated,
-             "train_samples": len(train), "eval_samples": len(test)}
+             "train_samples": len(train), "eval_samples": {name: len(s) for name, s in evals.items()}}
     if config.resolved_device != "cuda" and not config.gpu_memory_gb:
         return None, facts
     return memory_plan(config, model_dir, longest), facts

@@ -62,22 +62,30 @@ def prepare_inputs(config: RunConfig) -> dict:
     """Data splits, the base model and the preflight checks (prompt lengths, memory plan): no engine."""
     from esvllm.models import resolve_model
     from esvllm.preflight import preflight
-    from rewards.data import task_splits
+    from rewards.data import Formatter, check_apart, eval_sets, task_splits
 
-    train_set, test_set = task_splits(config.task, config.data, config.data_sample, config.test_size, config.global_seed)
     base_model = resolve_model(config.model_name)
-    plan, facts = preflight(config, base_model, train_set, test_set)
+    formatter = Formatter(config.task, config.prompt_field, config.template, base_model)
+    train_set, test_set = task_splits(config.task, config.data, config.data_sample, config.test_size,
+                                      config.global_seed, formatter)
+    evals = eval_sets(config.eval_data, formatter) if config.eval_data else {"heldout": test_set}
+    if config.eval_every and not all(evals.values()):
+        raise ValueError(f"--eval_every {config.eval_every}: no held-out samples (--data has no rows after the "
+                         f"{config.data_sample} training ones); pass --eval_data FILE or a --test_size > 0")
+    plan, facts = preflight(config, base_model, train_set, evals)
+    facts["eval_overlap"] = check_apart(train_set, evals)
     if plan is not None and not plan.fits and not config.dry_run:
         raise ValueError(plan.describe())
-    return {"train": train_set, "test": test_set, "model": base_model, "plan": plan, "facts": facts}
+    return {"train": train_set, "evals": evals, "model": base_model, "plan": plan, "facts": facts}
 
 
 def report_dry_run(config: RunConfig, inputs: dict) -> None:
     """Print what a run would do; the last line is one JSON object. Exit 0 when it fits, 1 when not."""
     plan = inputs["plan"]
     facts = inputs["facts"]
-    print(f"config ok: --experiment {config.experiment}, {facts['train_samples']} training and "
-          f"{facts['eval_samples']} evaluation samples, longest prompt {facts['longest_prompt_tokens']} tokens"
+    print(f"config ok: --experiment {config.experiment}, {facts['train_samples']} training samples, evaluation "
+          + ", ".join(f"{name} {count}" for name, count in facts["eval_samples"].items())
+          + f"; longest prompt {facts['longest_prompt_tokens']} tokens"
           + (" (estimated: no tokenizer)" if facts["prompt_lengths_estimated"] else ""))
     summary = {"fits": True, "device": config.resolved_device, **facts}
     if plan is not None:
@@ -96,7 +104,7 @@ def prepare_run(config: RunConfig, model_path: str):
 
     if not config.resume:
         run_dir = Path(config.output_dir) / run_dir_name(config.experiment, config.model_name, config.global_seed)
-        runlog = RunLog(run_dir, {**config.to_dict(), "model_path": model_path})
+        runlog = RunLog(run_dir, {**config.to_dict(), "model_path": model_path}, wandb_project=config.wandb_project)
         return run_dir, [], (model_path, 0), runlog, UpdateLog.create(run_dir)
     run_dir = Path(config.resume)
     log = UpdateLog.load(run_dir)
@@ -109,10 +117,14 @@ def prepare_run(config: RunConfig, model_path: str):
                              f"{run_dir}/updates.jsonl only {len(log)}; the update log was truncated")
         weights = (checkpoint.model_path(run_dir, state), state["model_iteration"])
     records = read_metrics(run_dir)[: len(log)]  # a metrics line of an uncommitted iteration is dropped
+    from esvllm.eval import trim_eval_log
+
+    trim_eval_log(run_dir, len(log))
     if len(records) < len(log):
         logging.getLogger(__name__).warning("metrics.jsonl has %d of %d iterations; plots start late",
                                             len(records), len(log))
-    return run_dir, records, weights, RunLog(run_dir, config.to_dict(), resumed_records=records), log
+    runlog = RunLog(run_dir, config.to_dict(), resumed_records=records, wandb_project=config.wandb_project)
+    return run_dir, records, weights, runlog, log
 
 
 def train(config: RunConfig, inputs: dict | None = None) -> Path:
@@ -127,10 +139,10 @@ def train(config: RunConfig, inputs: dict | None = None) -> Path:
     from esvllm.scoring import Scorer
 
     inputs = inputs or prepare_inputs(config)
-    train_set, test_set, base_model = inputs["train"], inputs["test"], inputs["model"]
+    train_set, evals, base_model = inputs["train"], inputs["evals"], inputs["model"]
     scorer = Scorer(config.reward_spec, config.reward_fallback, config.reward_timeout)
-    evaluator = Evaluator(test_set, scorer, config.max_tokens) if config.eval_every else None
     run_dir, records, weights, runlog, log = prepare_run(config, base_model)
+    evaluator = Evaluator(evals, scorer, config.max_tokens, run_dir) if config.eval_every else None
     start = len(log)
     print(f"run directory: {run_dir}" + (f" (resuming at iteration {start})" if config.resume else ""), flush=True)
 
@@ -181,14 +193,17 @@ def interrupts_raise():
 
 
 def report(run_dir: Path) -> None:
-    """The closing lines of a run: learning margin, plot, where the logs are."""
-    from esvllm.plot import learning_summary, plot_run
+    """The closing lines of a run: held-out before/after, training reward, plot, where the logs are."""
+    from esvllm.plot import before_after, learning_summary, plot_run
 
+    table = before_after(run_dir)
+    if table:
+        print(table)
     summary = learning_summary(run_dir)
     if summary:
-        print(f"mean reward, first {summary['window']} iterations: {summary['first']:.4f}; "
+        print(f"training reward, first {summary['window']} iterations: {summary['first']:.4f}; "
               f"last {summary['window']}: {summary['last']:.4f}; gain {summary['gain']:+.4f}")
-    print(f"reward plot: {plot_run(run_dir)}")
+    print(f"curves: {plot_run(run_dir)}")
     print(f"TensorBoard logs: {run_dir}  (make tensorboard, or: tensorboard --logdir {run_dir} --host 127.0.0.1)")
 
 

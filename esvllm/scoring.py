@@ -9,6 +9,7 @@ members to engines.
 
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import queue
 import statistics
@@ -18,12 +19,20 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.connection import wait
 
 
+class NonFiniteReward(ValueError):
+    """The reward function returned NaN or an infinity."""
+
+
 def call_reward(fn, completion: str, sample: dict) -> tuple[float, dict]:
-    """(reward, components) from a reward that returns a float or a dict with a `reward` key."""
+    """(reward, components) from a reward that returns a float or a dict with a `reward` key; a
+    non-finite reward raises (it is scored like a reward that raised)."""
     out = fn(completion, sample)
-    if isinstance(out, dict):
-        return float(out["reward"]), {k: float(v) for k, v in out.items() if k != "reward"}
-    return float(out), {}
+    value, parts = (out["reward"], {k: float(v) for k, v in out.items() if k != "reward"}) if isinstance(out, dict) \
+        else (out, {})
+    value = float(value)
+    if not math.isfinite(value):
+        raise NonFiniteReward(f"the reward function returned {value} for completion {completion[:60]!r}")
+    return value, parts
 
 
 class Scorer:
@@ -149,3 +158,9 @@ class RewardProcesses:
             process.join(timeout=1)
             if process.is_alive():
                 process.kill()
+
+
+def mean_components(scored: list[dict]) -> dict:
+    """Each reward component's mean over the members that report it."""
+    keys = sorted({k for m in scored for k in m["components"]})
+    return {k: statistics.fmean(m["components"][k] for m in scored if k in m["components"]) for k in keys}

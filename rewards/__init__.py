@@ -9,8 +9,10 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
+from rewards.addition import addition_reward
 from rewards.conciseness import conciseness_reward
 from rewards.countdown import countdown_reward
+from rewards.math import math_reward
 
 RewardFn = Callable[[str, dict], "float | dict"]
 REWARDS: dict[str, RewardFn] = {}
@@ -41,3 +43,5 @@ def resolve_reward(spec: str) -> RewardFn:
 
 register("countdown", countdown_reward)
 register("conciseness", conciseness_reward)
+register("addition", addition_reward)
+register("math", math_reward)

@@ -1,7 +1,9 @@
 """Conciseness (paper section 4.2): reward = -|len(completion) - len(target)|, in characters.
 
-`generate_length_prompts` makes the built-in data of the CPU demo: prompts that ask for a word of
-a given length; the target is such a word, so the reward asks the model to stop at the right time.
+As the paper's code: the length of the generated text as it is, nothing stripped (an earlier
+version stripped whitespace, and a model learned to print only spaces, which scored as an empty
+answer). `generate_length_prompts` makes small built-in data: prompts that ask for a word of a given
+length; the target is such a word, so the reward asks the model to stop at the right time.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import string
 
 
 def conciseness_reward(completion: str, sample: dict) -> float:
-    return -abs(len(completion.strip()) - len(str(sample["target"])))
+    return -abs(len(completion) - len(str(sample["target"])))
 
 
 def generate_length_prompts(count: int, seed: int, lengths=(4, 6, 8)) -> list[dict]:

@@ -30,3 +30,12 @@ def hangs_on_one_prompt(completion: str, sample: dict) -> float:
 
 def always_raises(completion: str, sample: dict) -> float:
     raise RuntimeError("broken reward")
+
+
+def nan_for_long_completions(completion: str, sample: dict) -> float:
+    """Conciseness, but NaN for completions longer than 6 characters (a user's buggy reward)."""
+    return float("nan") if len(completion) > 6 else conciseness_reward(completion, sample)
+
+
+def always_nan(completion: str, sample: dict) -> float:
+    return float("inf")

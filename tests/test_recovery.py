@@ -143,3 +143,14 @@ def test_engines_out_of_step_stop_the_run_with_both_checksums(ray_session, tiny_
             fleet.check_sync(7)
     finally:
         pool.shutdown()
+
+
+def test_wandb_offline_gets_the_config_and_the_same_scalars(tmp_path, monkeypatch, ray_session):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_dir = run(tmp_path, "wb", ["--wandb_project", "esvllm-test", "--eval_every", "3"], base=FAKE)
+    [log] = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    content = log.read_bytes()  # wandb's own record file: our keys and config appear in it as text
+    for key in (b"reward/mean", b"es/update_norm", b"eval/reward", b"population_size"):
+        assert key in content, key
+    assert (run_dir / "wandb_id").read_text().strip() in log.name  # a resume continues this wandb run

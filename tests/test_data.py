@@ -1,0 +1,113 @@
+"""Data as users bring it: the paper's countdown.json split, other columns, chat templates, several
+evaluation sets, and bad data refused before any engine starts."""
+
+import json
+
+import pytest
+
+from esvllm.eval import read_eval_log
+from esvllm.run import main
+from esvllm.runlog import read_metrics
+from rewards.countdown import make_sample
+from rewards.data import Formatter, load_samples, task_splits
+
+from .helpers import FAKE, run
+
+
+def papers_rows(count, start=0):
+    """Rows with the columns of the paper's countdown.json (target a string, as there)."""
+    rows = []
+    for i in range(start, start + count):
+        numbers = [i % 90 + 1, (7 * i) % 90 + 2, (3 * i) % 50 + 3]
+        sample = make_sample(numbers, sum(numbers))
+        rows.append({"id": i, "context": sample["prompt"], "numbers": numbers, "target": str(sum(numbers)),
+                     "solution": " + ".join(map(str, numbers))})
+    return rows
+
+
+def test_the_papers_split_is_the_first_rows_and_the_next_ones(tmp_path):
+    (tmp_path / "countdown.json").write_text(json.dumps(papers_rows(12)))
+    train, test = task_splits("countdown", str(tmp_path / "countdown.json"), 4, 8, seed=0)
+    assert [s["id"] for s in train] == [0, 1, 2, 3] and [s["id"] for s in test] == list(range(4, 12))
+    assert train[0]["prompt"] == train[0]["context"] and train[0]["target"] == str(sum(train[0]["numbers"]))
+
+
+def test_a_training_file_and_separate_evaluation_sets_each_get_their_own_metrics(tmp_path, ray_session):
+    (tmp_path / "train.json").write_text(json.dumps(papers_rows(6)))
+    (tmp_path / "a.json").write_text(json.dumps(papers_rows(4, start=100)))
+    (tmp_path / "b.jsonl").write_text("\n".join(json.dumps(r) for r in papers_rows(3, start=200)))
+    args = ["--task", "countdown", "--data", str(tmp_path / "train.json"), "--data_sample", "6",
+            "--eval_data", f"first={tmp_path / 'a.json'}", f"second={tmp_path / 'b.jsonl'}", "--eval_every", "3",
+            "--max_model_len", "512"]
+    run_dir = run(tmp_path, "run", args, base=FAKE)  # later flags win: --task countdown
+    evals = read_eval_log(run_dir)
+    assert {(e["iteration"], e["set"], e["samples"]) for e in evals} == {
+        (0, "first", 4), (0, "second", 3), (3, "first", 4), (3, "second", 3)}
+    assert set(read_metrics(run_dir)[-1]["eval"]) == {"first", "second"}
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    assert {"eval/first/accuracy", "eval/second/format_rate"} <= set(events.Tags()["scalars"])
+
+
+def test_other_columns_and_the_chat_template(tmp_path, tiny_model):
+    rows = [{"question": "What is 2+2?", "answer": "4"}, {"question": "And 3+3?", "answer": "6"}]
+    (tmp_path / "q.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    plain = load_samples(str(tmp_path / "q.jsonl"), Formatter("math", "question", "plain"))
+    assert plain[0]["prompt"] == "What is 2+2?" and plain[0]["target"] == "4"
+    math = load_samples(str(tmp_path / "q.jsonl"), Formatter("math", "question"))  # the task's own: qwen_math
+    assert math[0]["prompt"].startswith("<|im_start|>system\nPlease reason step by step")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    tokenizer.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
+    tokenizer.save_pretrained(tmp_path / "chat-model")
+    chat = load_samples(str(tmp_path / "q.jsonl"), Formatter("math", "question", "chat", str(tmp_path / "chat-model")))
+    assert chat[1]["prompt"] == "<user>And 3+3?<assistant>"
+    with pytest.raises(ValueError, match="no chat template"):
+        load_samples(str(tmp_path / "q.jsonl"), Formatter("math", "question", "chat", tiny_model))
+
+
+def fails_before_start(argv, monkeypatch, *fragments):
+    import engines.pool
+
+    monkeypatch.setattr(engines.pool.EnginePool, "start", lambda *a, **k: pytest.fail("an engine was started"))
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    for fragment in fragments:
+        assert fragment in str(info.value.code), str(info.value.code)
+
+
+def test_a_missing_column_is_named_with_the_columns_there(tmp_path, monkeypatch):
+    (tmp_path / "d.jsonl").write_text(json.dumps({"instruction": "hi", "output": "yo"}))
+    fails_before_start(["--task", "conciseness", "--data", str(tmp_path / "d.jsonl"), "--data_sample", "1"],
+                       monkeypatch, "no any of the columns", "['instruction', 'output']", "--prompt_field")
+    fails_before_start(["--task", "conciseness", "--data", str(tmp_path / "d.jsonl"), "--data_sample", "1",
+                        "--prompt_field", "question"], monkeypatch, "no column 'question'")
+
+
+def test_a_prompt_longer_than_the_model_allows_is_refused_with_its_index_and_lengths(tmp_path, monkeypatch):
+    rows = [{"prompt": "short", "target": "ab"}, {"prompt": "x" * 500, "target": "ab"}]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    fails_before_start(["--model_name", "tiny", "--task", "conciseness", "--data", str(tmp_path / "d.jsonl"),
+                        "--data_sample", "2", "--test_size", "0", "--max_tokens", "12", "--max_model_len", "64"],
+                       monkeypatch, "training sample 1", "500 tokens", "512 > --max_model_len 64")
+
+
+def test_a_reward_that_returns_nan_for_some_completions_is_scored_with_the_fallback(tmp_path, ray_session):
+    run_dir = run(tmp_path, "run", ["--reward", "tests.reward_helpers:nan_for_long_completions",
+                                    "--reward_fallback", "-20"], base=FAKE)
+    records = read_metrics(run_dir)
+    assert len(records) == 3 and sum(r["reward_errors"] for r in records) > 0
+    assert all(r["reward_min"] >= -20 for r in records)
+
+
+def test_a_reward_that_is_never_finite_stops_the_run_with_a_checkpoint(tmp_path, ray_session):
+    from esvllm.checkpoint import latest_checkpoint
+    from esvllm.coordinator import RewardFailed
+
+    with pytest.raises(RewardFailed, match="checkpoint saved"):
+        run(tmp_path, "run", ["--reward", "tests.reward_helpers:always_nan"], base=FAKE)
+    [run_dir] = list((tmp_path / "run").iterdir())
+    assert latest_checkpoint(run_dir) is not None
