@@ -56,6 +56,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.es --device $(DEVICE) --out bench
+	$(PY) -m benchmarks.lowrank --device $(DEVICE) --out bench
 
 bench-rewards: $(STAMP)
 	$(PY) -m benchmarks.rewards --json bench/rewards.json

@@ -117,13 +117,14 @@ def breakdown(records: list[dict], engines: int) -> dict:
             "coordinator_idle": statistics.median(idle)}
 
 
-def start_pool(bench: Bench, model: str, engines: int, backend: str = "vllm", noise_cache_mb: int = NOISE_CACHE_MB):
+def start_pool(bench: Bench, model: str, engines: int, backend: str = "vllm", noise_cache_mb: int = NOISE_CACHE_MB,
+               lowrank_slots: int = 0):
     from engines.pool import EngineOptions, EnginePool
     from esvllm.models import resolve_model
 
     gpus = list(range(engines)) if bench.device == "cuda" else None
     options = EngineOptions(device=bench.device, cuda_devices=gpus, num_engines=engines, backend=backend,
-                            max_model_len=256, noise_cache_mb=noise_cache_mb)
+                            max_model_len=256, noise_cache_mb=noise_cache_mb, lowrank_slots=lowrank_slots)
     return EnginePool.start(resolve_model(model), options)
 
 

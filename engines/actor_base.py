@@ -27,15 +27,36 @@ class EngineActorBase:
     def generate(self, prompts: list[str], sampling: dict) -> list[dict]:
         raise NotImplementedError
 
-    def rollout(self, seed: int, sigma: float, prompts: list[str], sampling: dict) -> dict:
+    def rollout(self, seed: int, sigma: float, prompts: list[str], sampling: dict, sign: int = 1,
+                mirror: bool = False, mini_batch: int | None = None) -> dict:
         """One population member in one round trip: perturb, then generate.
 
         No restore afterwards: the next perturb (or apply_update) writes every weight from the
         master anyway (and on vLLM's CPU backend each write costs a re-pack of the kernels).
-        """
+        `mini_batch` splits the prompts into several generate calls (less memory at once)."""
         t0 = time.perf_counter()
-        self.rpc("perturb", seed, sigma)
+        self.rpc("perturb", seed, sigma, sign, mirror)
         t1 = time.perf_counter()
-        completions = self.generate(prompts, sampling)
+        step = mini_batch or len(prompts) or 1
+        completions = [c for i in range(0, len(prompts), step) for c in self.generate(prompts[i : i + step], sampling)]
         t2 = time.perf_counter()
         return {"completions": completions, "perturb_s": t1 - t0, "generate_s": t2 - t1}
+
+    def rollout_lowrank(self, members: list[tuple[int, int]], sigma: float, rank: int, prompts: list[str],
+                        sampling: dict) -> dict:
+        """Low-rank members (seed, slot id), one after another with dense weights W + sigma*E_i (the
+        reference form; the vLLM engine serves them all in one batch as LoRA adapters)."""
+        results = []
+        for seed, _ in members:
+            t0 = time.perf_counter()
+            self.rpc("perturb_lowrank", seed, sigma, rank)
+            t1 = time.perf_counter()
+            completions = self.generate(prompts, sampling)
+            results.append({"completions": completions, "perturb_s": t1 - t0, "generate_s": time.perf_counter() - t1})
+        return {"members": results}
+
+    def rollout_pair(self, seed: int, sigma: float, prompts: list[str], sampling: dict,
+                     mini_batch: int | None = None) -> dict:
+        """An antithetic pair on this engine: +sigma*eps, then -sigma*eps from the same draw."""
+        return {"pair": [self.rollout(seed, sigma, prompts, sampling, 1, True, mini_batch),
+                         self.rollout(seed, sigma, prompts, sampling, -1, False, mini_batch)]}

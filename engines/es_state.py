@@ -24,6 +24,7 @@ from typing import Callable
 
 import torch
 
+from engines.optimizer import OPTIMIZER_FILE, Optimizer
 from esvllm.noise import check_sigma, fill_noise_rows, philox_key
 
 CHECKPOINT_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -54,7 +55,7 @@ def full_slice(tensor: torch.Tensor) -> Slice:
 class ESState:
     def __init__(self, master: dict[str, torch.Tensor], write_all: Callable[[Write], None], model_dir: Path | None,
                  noise_cache_bytes: int = 0, slices: dict[str, Slice] | None = None,
-                 counted: set[str] | None = None):
+                 counted: set[str] | None = None, noise_mode: str = "iid"):
         self._master = master
         self._write_all = write_all
         # The checkpoint's config and tokenizer files, read now: the directory the engine started
@@ -81,7 +82,16 @@ class ESState:
         self._cache_slots = 0 if self._cuda else int(noise_cache_bytes // (self._total * 4))
         self._cache: dict[int, torch.Tensor] = {}
         self._spare: list[torch.Tensor] = []
-
+        self._mirror: tuple[int, torch.Tensor | None] = (-1, None)  # (seed, its noise) kept for an antithetic mirror
+        self._draws = 0  # whole-model noise draws since the last update (CPU)
+        if noise_mode not in ("iid", "paper_correlated"):
+            raise ValueError(f"noise {noise_mode!r}: use iid or paper_correlated")
+        # paper_correlated: one noise stream per member for every tensor, as the paper's first scripts
+        # seeded each tensor with the member's seed (same-shaped tensors get the same noise).
+        self._correlated = noise_mode == "paper_correlated"
+        self._optimizer = Optimizer(master)
+        if model_dir is not None and (Path(model_dir) / OPTIMIZER_FILE).is_file():
+            self._optimizer.load(Path(model_dir) / OPTIMIZER_FILE)
     def info(self) -> dict:
         return {
             "tensors": len(self._counted),
@@ -92,11 +102,23 @@ class ESState:
         }
 
     # ---- the verbs --------------------------------------------------------------------------------
-    def perturb(self, seed: int, sigma: float) -> dict:
+    def perturb(self, seed: int, sigma: float, sign: int = 1, mirror: bool = False) -> dict:
+        """weights := base + sign * sigma * eps(seed). With `mirror`, the draw is kept (CPU) for the
+        antithetic mirror, the same seed with the other sign, which then draws nothing."""
         check_sigma(sigma)
-        seed = int(seed)
-        cached = seed in self._cache
-        buffer = self._cache[seed] if cached else self._cache_buffer()
+        seed, sign = int(seed), (1 if sign >= 0 else -1)
+        signed_sigma = sign * sigma
+        if seed in self._cache:
+            buffer, fill = self._cache[seed], False
+        elif self._mirror[0] == seed:
+            buffer, fill = self._mirror[1], False
+        else:
+            buffer, fill = self._cache_buffer(), True
+            if buffer is None and mirror and not self._cuda:  # no cache slot: keep this draw for the mirror
+                buffer = self._mirror[1] if self._mirror[1] is not None else \
+                    torch.empty(self._total, dtype=torch.float32, device=self._device)
+                self._mirror = (-1, buffer)
+        drawn = not self._cuda and (fill or buffer is None)
         written = [0, 0]  # tensors, elements: a caller can check them against info()
 
         def write(name, master, dst):
@@ -106,24 +128,47 @@ class ESState:
             if self._cuda:
                 from esvllm.noise_triton import perturb_rows
 
-                perturb_rows(as_rows(dst), as_rows(master), philox_key(seed, name), sigma, *self._where(name))
+                perturb_rows(as_rows(dst), as_rows(master), self._key(seed, name), signed_sigma, *self._where(name))
                 return
             if buffer is None:
                 eps = self._draw(self._eps[: master.numel()].view(master.shape), seed, name)
             else:
-                eps = self._cached_noise(buffer, seed, name, master.shape, fill=not cached)
-            self._add_noise(master, eps, sigma, dst, self._delta)
+                eps = self._cached_noise(buffer, seed, name, master.shape, fill=fill)
+            self._add_noise(master, eps, signed_sigma, dst, self._delta)
 
         try:
             self._write_all(write)
         except BaseException:
-            if buffer is not None and not cached:  # half filled: never let apply_update read it
+            if fill and buffer is not None and buffer is not self._mirror[1]:  # half filled: never read it
                 self._spare.append(buffer)
             raise
-        if buffer is not None:
-            self._cache[seed] = buffer
-        self._perturbation = (int(seed), float(sigma))
-        return {"seed": int(seed), "sigma": float(sigma), "tensors": written[0], "parameters": written[1]}
+        if fill and buffer is not None:
+            if buffer is self._mirror[1]:
+                self._mirror = (seed, buffer)
+            else:
+                self._cache[seed] = buffer
+        self._draws += drawn
+        self._perturbation = (int(seed), float(signed_sigma))
+        return {"seed": int(seed), "sigma": float(sigma), "sign": sign, "tensors": written[0],
+                "parameters": written[1], "drawn": drawn}
+
+    def perturb_lowrank(self, seed: int, sigma: float, rank: int) -> dict:
+        """The dense form of a low-rank member (esvllm.lowrank): every block linear's weight :=
+        W + sigma * A B^T / sqrt(r); other tensors stay at the base. The reference a LoRA engine's
+        batched members are checked against, and what the HF and fake backends run."""
+        from esvllm.lowrank import combined_update
+
+        check_sigma(sigma)
+
+        def write(name, master, dst):
+            if is_lowrank_target(name, master):
+                dst.copy_(master + combined_update([(seed, sigma)], name, tuple(master.shape), rank, master.device))
+            else:
+                dst.copy_(master)
+
+        self._write_all(write)
+        self._perturbation = (int(seed), float(sigma), "lowrank", int(rank))
+        return {"seed": int(seed), "sigma": float(sigma), "rank": int(rank)}
 
     def restore(self) -> str:
         """The model's weights := the master; returns the checksum of what the engine now holds."""
@@ -132,26 +177,37 @@ class ESState:
         return self.checksum()
 
     def apply_update(self, pairs: list[tuple[int, float]], options: dict | None = None) -> dict:
-        """base += sum coeff * eps(seed), in the master's precision; the engine ends at the new base.
-
-        `options` is the iteration's update settings from the update log (none are needed yet)."""
+        """base += sum coeff * eps(seed) (the paper's step), or, with options {"optimizer": "momentum" or
+        "adam", ...}, the optimizer's step on the gradient estimate g = sum coeff * eps(seed); in the
+        master's precision. The engine ends at the new base."""
         pairs = [(int(s), float(c)) for s, c in pairs]
         if not all(math.isfinite(c) for _, c in pairs):
             raise ValueError(f"apply_update: non-finite coefficient in {pairs}")
+        options = options or {}
         squared_norm = 0.0
+        rank = options.get("rank") if options.get("perturbation") == "lowrank" else None
         for name, master in self._master.items():
             delta = self._delta[: master.numel()].view(master.shape)
-            self._combine(delta, pairs, name)
-            master.add_(delta)
+            if rank is None:
+                self._combine(delta, pairs, name)
+            elif is_lowrank_target(name, master):
+                from esvllm.lowrank import combined_update
+
+                delta.copy_(combined_update(pairs, name, tuple(master.shape), int(rank), master.device))
+            else:
+                continue  # low-rank mode perturbs and trains the block linears only
+            self._optimizer.step(name, master, delta, options)  # delta becomes the step taken
             if name in self._counted:
                 squared_norm += float(torch.linalg.vector_norm(delta)) ** 2
-        reused = sum(seed in self._cache for seed, _ in pairs)
+        reused = sum(seed in self._cache or seed == self._mirror[0] for seed, _ in pairs)
+        draws, self._draws = self._draws, 0
         self._spare.extend(self._cache.values())  # the next iteration's members have new seeds
         self._cache.clear()
+        self._mirror = (-1, self._mirror[1])
         self._write_all(lambda name, master, dst: dst.copy_(master))
         self._perturbation = None
         return {"applied": len(pairs), "update_norm": math.sqrt(squared_norm), "squared_norm": squared_norm,
-                "noise_reused": reused}
+                "noise_reused": reused, "perturb_draws": draws}
 
     def checksum_parts(self) -> dict[str, tuple[int, int]]:
         """Per counted HF tensor: the sum of its elements' bits as integers, and the same weighted by
@@ -186,10 +242,10 @@ class ESState:
 
     def export(self, path: str, dtype: str | None = None) -> str:
         """Write the base weights as an HF checkpoint directory, one tensor at a time, in shards of at
-        most 5 GB (atomically: a temporary directory, then a rename)."""
+        most 5 GB (atomically: a temporary directory, then a rename), with the optimizer's state if any."""
         out_dtype = getattr(torch, dtype) if dtype else next(iter(self._master.values())).dtype
         entries = [(name, tuple(t.shape), out_dtype, lambda t=t: t) for name, t in self._master.items()]
-        return export_checkpoint(path, entries, self._files, out_dtype)
+        return export_checkpoint(path, entries, self._files, out_dtype, self._optimizer.save)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The master tensors by HF name (read-only use: benchmarks size their buffers from them)."""
@@ -203,8 +259,11 @@ class ESState:
         where = self._slices[name]
         return where.row0, where.col0, where.row_stride
 
+    def _key(self, seed: int, name: str) -> tuple[int, int]:
+        return philox_key(seed, "" if self._correlated else name)
+
     def _draw(self, out: torch.Tensor, seed: int, name: str) -> torch.Tensor:
-        fill_noise_rows(as_rows(out), seed, name, *self._where(name))
+        fill_noise_rows(as_rows(out), seed, "" if self._correlated else name, *self._where(name))
         return out
 
     def _combine(self, delta: torch.Tensor, pairs: list[tuple[int, float]], name: str) -> None:
@@ -212,14 +271,15 @@ class ESState:
         if self._cuda:
             from esvllm.noise_triton import combine_rows
 
-            combine_rows(as_rows(delta), [philox_key(s, name) for s, _ in pairs], [c for _, c in pairs],
+            combine_rows(as_rows(delta), [self._key(s, name) for s, _ in pairs], [c for _, c in pairs],
                          *self._where(name))
             return
         delta.zero_()
         eps = self._eps[: delta.numel()].view(delta.shape)
         for seed, coeff in pairs:
-            if seed in self._cache:  # drawn by this engine's perturb: the same values, bit for bit
-                delta.add_(self._cached_noise(self._cache[seed], seed, name, delta.shape), alpha=coeff)
+            kept = self._cache.get(seed, self._mirror[1] if seed == self._mirror[0] else None)
+            if kept is not None:  # drawn by this engine's perturb: the same values, bit for bit
+                delta.add_(self._cached_noise(kept, seed, name, delta.shape), alpha=coeff)
             else:
                 delta.add_(self._draw(eps, seed, name), alpha=coeff)
 
@@ -259,9 +319,10 @@ def digest_checksum(parts: dict[str, tuple[int, int]], perturbation=None) -> str
     return digest.hexdigest()
 
 
-def export_checkpoint(path: str, entries, files: dict[str, bytes], out_dtype: torch.dtype) -> str:
+def export_checkpoint(path: str, entries, files: dict[str, bytes], out_dtype: torch.dtype, extra=None) -> str:
     """An HF checkpoint directory from (name, shape, dtype, producer) entries and the model's config
-    and tokenizer files, written atomically (temporary directory, then rename)."""
+    and tokenizer files, written atomically (temporary directory, then rename); `extra(directory)`
+    adds files (the optimizer's state)."""
     from engines.safetensors_io import write_sharded
 
     if "config.json" not in files:
@@ -271,6 +332,8 @@ def export_checkpoint(path: str, entries, files: dict[str, bytes], out_dtype: to
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     write_sharded(staging, entries)
+    if extra is not None:
+        extra(staging)
     for name, content in files.items():
         (staging / name).write_bytes(content)
     config = json.loads((staging / "config.json").read_text())
@@ -316,3 +379,11 @@ def load_checkpoint(model_dir: Path, device, dtype, skip=(), parts: dict | None 
     if parts is not None and set(parts) - set(master):
         raise ValueError(f"{model_dir}: no tensors {sorted(set(parts) - set(master))[:5]}")
     return master
+
+
+
+def is_lowrank_target(name: str, tensor: torch.Tensor) -> bool:
+    """The tensors low-rank mode perturbs and trains: the weight matrices of the transformer blocks'
+    linear layers (q/k/v/o, gate/up/down), where vLLM serves LoRA adapters. Embeddings, the LM head,
+    norms and biases keep their base values."""
+    return tensor.dim() == 2 and ".layers." in name and name.endswith("_proj.weight")

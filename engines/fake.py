@@ -32,7 +32,8 @@ class FakeEngineActor(EngineActorBase):
         master = load_checkpoint(model_path, "cpu", getattr(torch, options.get("master_dtype", "float32")))
         self.weights = {name: torch.empty(t.shape, dtype=getattr(torch, options.get("dtype", "float32")))
                         for name, t in master.items()}
-        self.es = ESState(master, self._write_all, model_path, options.get("noise_cache_bytes", 0))
+        self.es = ESState(master, self._write_all, model_path, options.get("noise_cache_bytes", 0),
+                          noise_mode=options.get("noise_mode", "iid"))
         self.es.restore()
         self.die_on_call = options.get("die_on_call")  # (method or None, k)
         self.calls = 0

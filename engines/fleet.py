@@ -65,10 +65,10 @@ class Fleet:
 
     # ---- work for whichever engine is free --------------------------------------------------------
     def dispatch(self, jobs: list[tuple], on_result: Callable[[int, dict], None],
-                 poll: Callable[[], None] | None = None) -> None:
-        """Run each job `(method, *args)` on the next free engine and call `on_result(i, result)` as
-        job i finishes. A dead engine's jobs go back in the queue and a replacement starts; raises
-        NoEngineLeft when no engine is left to run them. `poll` runs at least every 50 ms."""
+                 poll: Callable[[], None] | None = None, depth: int = PIPELINE_DEPTH) -> None:
+        """Run each job `(method, *args)` on the next free engine (at most `depth` queued on one) and
+        call `on_result(i, result)` as job i finishes. A dead engine's jobs go back in the queue and a
+        replacement starts; raises NoEngineLeft when no engine is left. `poll` runs at least every 50 ms."""
         import ray
 
         queue = deque(range(len(jobs)))
@@ -76,7 +76,7 @@ class Fleet:
 
         def feed(engine) -> None:
             busy = sum(1 for e in pending.values() if isinstance(e, Running) and e.engine is engine)
-            for _ in range(PIPELINE_DEPTH - busy):
+            for _ in range(depth - busy):
                 if queue:
                     job = queue.popleft()
                     pending[engine.submit(*jobs[job])] = Running(engine, job)
@@ -162,6 +162,20 @@ class Fleet:
             detail = ", ".join(f"{e}: {s}" for e, s in zip(self.engines, sums))
             raise EnginesDisagree(f"after iteration {iteration} the engines hold different weights: {detail}")
         return sums[0]
+
+    def member_jobs(self, seeds: list[int], sigma: float, prompts: list[str], sampling, config) -> tuple[list, int, int]:
+        """(jobs, members per job, jobs queued per engine) for an iteration: a job per member, per
+        antithetic pair (one engine, one draw), or, in low-rank mode, one batch of members per engine."""
+        mini = config.mini_batch_size
+        if config.perturbation == "lowrank":
+            size = -(-len(seeds) // len(self.engines))
+            chunks = [seeds[i : i + size] for i in range(0, len(seeds), size)]
+            jobs = [("rollout_lowrank", [(s, k + 1) for k, s in enumerate(chunk)], sigma, config.rank, prompts,
+                     sampling(chunk[0])) for chunk in chunks]
+            return jobs, size, 1
+        if config.antithetic:
+            return [("rollout_pair", s, sigma, prompts, sampling(s), mini) for s in seeds], 2, PIPELINE_DEPTH
+        return [("rollout", s, sigma, prompts, sampling(s), 1, False, mini) for s in seeds], 1, PIPELINE_DEPTH
 
     def export(self, path: str, dtype: str | None = None) -> str:
         return self.engines[0].export(path, dtype)

@@ -38,7 +38,8 @@ class HFEngineActor(EngineActorBase):
         missing = set(self.params) ^ set(master)
         if missing:
             raise ValueError(f"checkpoint and model tensors differ: {sorted(missing)[:5]}")
-        self.es = ESState(master, self._write_all, model_path, options.get("noise_cache_bytes", 0))
+        self.es = ESState(master, self._write_all, model_path, options.get("noise_cache_bytes", 0),
+                          noise_mode=options.get("noise_mode", "iid"))
         self.info = self.es.info()
         self.describe(index, started, cpu_bind=",".join(map(str, cores or [])), backend="hf")
 

@@ -107,12 +107,12 @@ def build_targets(model: torch.nn.Module, hf_shapes: dict[str, tuple[int, ...]])
         if leaf in packed_names:
             fused = packed_names[leaf]
             module_path = f"{parent}.{fused}" if parent else fused
-            module = model.get_submodule(module_path)
+            module = _unwrapped(model.get_submodule(module_path))
             index = model.packed_modules_mapping[fused].index(leaf)
             piece = _fused_piece(module, index, hf_name, tuple(shape), rank, size)
         else:
             try:
-                module = model.get_submodule(module_path)
+                module = _unwrapped(model.get_submodule(module_path))
             except AttributeError:
                 raise ValueError(
                     f"HF tensor {hf_name!r} has no module {module_path!r} in the vLLM model "
@@ -127,6 +127,13 @@ def build_targets(model: torch.nn.Module, hf_shapes: dict[str, tuple[int, ...]])
         _settle_shape(target)
     _check_coverage(model, targets)
     return list(targets.values())
+
+
+def _unwrapped(module):
+    """A LoRA-serving layer wraps the real one (low-rank mode): ES writes the wrapped layer's weights."""
+    if hasattr(module, "base_layer") and "LoRA" in type(module).__name__:
+        return module.base_layer
+    return module
 
 
 def _fused_piece(module, index: int, hf_name: str, shape: tuple, rank: int, size: int) -> Piece:
@@ -167,10 +174,10 @@ def _plain_piece(module, attr: str, hf_name: str, shape: tuple, rank: int, size:
 def _new_target(model, module, attr, vllm_name, dtype) -> Target:
     param = getattr(module, attr)
     removed = param.numel() == 0 and attr == "weight"
-    packed = [
+    packed = [  # layers that own a packed kernel (LoRA wrappers only forward the attribute)
         m
         for m in model.modules()
-        if hasattr(m, "cpu_linear") and getattr(m, attr, None) is param and attr == "weight"
+        if "cpu_linear" in vars(m) and getattr(m, attr, None) is param and attr == "weight"
     ]
     if removed:
         packed = [module]
@@ -194,6 +201,9 @@ def _settle_shape(target: Target) -> None:
 def _check_coverage(model: torch.nn.Module, targets: dict[str, Target]) -> None:
     """Every vLLM parameter must be written by ES, all its rows (vocab padding excepted)."""
     for name, param in model.named_parameters():
+        if "lora_" in name:
+            continue  # low-rank mode's adapter buffers: written by engines.lora_slots
+        name = name.replace(".base_layer.", ".")
         target = targets.get(name)
         if target is None:
             raise ValueError(

@@ -48,6 +48,9 @@ class EngineOptions:
     max_num_seqs: int = 256
     gpu_memory_utilization: float = 0.85  # CUDA only (the memory plan sets it); CPU sizes the KV cache
     tensor_parallel_size: int = 1  # GPUs (CPU: core groups) per engine
+    noise_mode: str = "iid"  # or "paper_correlated": one noise stream per member for every tensor
+    lowrank_slots: int = 0  # low-rank mode: members an engine serves at once as LoRA adapters (0: off)
+    lowrank_rank: int = 1
     seed: int = 0
     die_on_call: dict[int, tuple] | None = None  # fake backend only: index -> (method or None, k-th call)
 
@@ -80,6 +83,8 @@ class EngineOptions:
                    cuda_devices=config.gpu_ids or None, dtype=config.precision, master_dtype=config.master_dtype,
                    noise_cache_mb=config.noise_cache_mb, max_model_len=config.max_model_len,
                    gpu_memory_utilization=share, tensor_parallel_size=config.tensor_parallel_size,
+                   noise_mode=config.noise, lowrank_rank=config.rank,
+                   lowrank_slots=lowrank_slots(config) if config.perturbation == "lowrank" else 0,
                    seed=config.global_seed,
                    die_on_call=fake_faults_from_env() if config.engine == "fake" else None)
 
@@ -90,6 +95,20 @@ class EngineOptions:
 
     def noise_cache_bytes(self) -> int:
         return int(self.noise_cache_mb) * 2**20
+
+
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's LoRA layers allocate
+
+
+def lora_rank_for(rank: int) -> int:
+    """vLLM's smallest LoRA rank that holds `rank` (the rest of the slot stays zero)."""
+    return next(r for r in LORA_RANKS if r >= rank)
+
+
+def lowrank_slots(config) -> int:
+    """Members per engine in low-rank mode: the population split over the engines."""
+    engines = max(1, len(config.gpu_ids) // config.tensor_parallel_size) if config.gpu_ids else config.num_engines
+    return -(-config.population_size // engines)
 
 
 def fake_faults_from_env() -> dict[int, tuple] | None:
@@ -134,9 +153,9 @@ class EngineHandle:
             raise EngineDiedError(f"{self} died: {exc.__class__.__name__}: {str(exc).splitlines()[0]}") from exc
 
     # The ES verbs; arguments are checked here, before any RPC.
-    def perturb(self, seed: int, sigma: float):
+    def perturb(self, seed: int, sigma: float, sign: int = 1):
         check_sigma(sigma)
-        return self.call("rpc", "perturb", int(seed), float(sigma))
+        return self.call("rpc", "perturb", int(seed), float(sigma), int(sign))
 
     def restore(self) -> str:
         """Back to the base weights; returns the checksum of what the engine now holds."""
@@ -305,7 +324,7 @@ def actor_options(model_path: str, options: EngineOptions, index: int = 0) -> di
     """The `LLM(...)` keyword arguments (or HF settings) and ES settings one engine actor gets."""
     dtype = options.model_dtype()
     master = dtype if options.master_dtype == "model" else "float32"
-    es = {"master_dtype": master, "noise_cache_bytes": options.noise_cache_bytes()}
+    es = {"master_dtype": master, "noise_cache_bytes": options.noise_cache_bytes(), "noise_mode": options.noise_mode}
     if options.backend == "fake":
         return {"dtype": dtype, **es}
     if options.backend == "hf":
@@ -313,6 +332,10 @@ def actor_options(model_path: str, options: EngineOptions, index: int = 0) -> di
         return {"dtype": dtype, "device": options.device, "cores": cores, **es}
     llm_kwargs = dict(dtype=dtype, max_model_len=options.max_model_len, max_num_seqs=options.max_num_seqs,
                       seed=options.seed, enable_prefix_caching=False)
+    if options.lowrank_slots:  # members as adapters in fixed slots (engines.lora_slots)
+        llm_kwargs.update(enable_lora=True, max_lora_rank=lora_rank_for(options.lowrank_rank),
+                          max_loras=options.lowrank_slots, max_cpu_loras=options.lowrank_slots)
+        es.update(lowrank_slots=options.lowrank_slots, lowrank_rank=options.lowrank_rank)
     if options.tensor_parallel_size > 1:  # ranks as processes of the actor (in a placement group vLLM would pick Ray)
         llm_kwargs.update(tensor_parallel_size=options.tensor_parallel_size, distributed_executor_backend="mp")
     if options.device == "cpu":

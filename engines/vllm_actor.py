@@ -36,8 +36,12 @@ class VLLMEngineActor(EngineActorBase):
         self.ranks = int(llm_kwargs.get("tensor_parallel_size", 1))
         self.llm = LLM(model=model_path, worker_extension_cls=WORKER_EXTENSION, **llm_kwargs)
         self.master_dtype = options.get("master_dtype", "float32")
-        results = self.llm.collective_rpc("es_init", args=(self.master_dtype, options.get("noise_cache_bytes", 0)))
+        results = self.llm.collective_rpc("es_init", args=(self.master_dtype, options.get("noise_cache_bytes", 0),
+                                                           options.get("noise_mode", "iid")))
         self.info = ranks.info(results)
+        if options.get("lowrank_slots"):
+            self.llm.collective_rpc("lowrank_init", args=(options["lowrank_slots"], options["lowrank_rank"]))
+            self.info["lowrank_slots"] = options["lowrank_slots"]
         if self.ranks > 1:  # the files an export needs, read now: a starting checkpoint may be pruned later
             from engines.es_state import CHECKPOINT_FILES
 
@@ -82,6 +86,26 @@ class VLLMEngineActor(EngineActorBase):
             return export_checkpoint(str(target), ranks.export_entries(scratch, parts, out_dtype), self.files, out_dtype)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+
+    def rollout_lowrank(self, members: list[tuple[int, int]], sigma: float, rank: int, prompts: list[str],
+                        sampling: dict) -> dict:
+        """All of this engine's low-rank members in one generate call: each member's adapter written
+        into its slot, each request tagged with its member's adapter."""
+        from vllm import SamplingParams
+
+        from engines.lora_slots import lora_request
+
+        t0 = time.perf_counter()
+        self.rpc("write_lowrank", [(int(s), int(slot)) for s, slot in members], sigma, rank)
+        t1 = time.perf_counter()
+        requests = [lora_request(slot) for _, slot in members for _ in prompts]
+        outputs = self.llm.generate(prompts * len(members), SamplingParams(**sampling), lora_request=requests,
+                                    use_tqdm=False)
+        t2 = time.perf_counter()
+        completions = [_completion(o.outputs[0]) for o in outputs]
+        n = len(prompts)
+        return {"members": [{"completions": completions[i * n : (i + 1) * n], "perturb_s": (t1 - t0) / len(members),
+                             "generate_s": (t2 - t1) / len(members)} for i in range(len(members))]}
 
     def generate(self, prompts: list[str], sampling: dict) -> list[dict]:
         """Completions of `prompts` with the current weights: text and generated token count."""

@@ -25,15 +25,17 @@ import torch
 
 from engines.es_state import ESState, load_checkpoint
 from engines.layout import Target, build_targets, tp_rank_and_size
+from engines.lora_slots import LoRASlots
 
 logger = logging.getLogger(__name__)
 
 
-class ESWorkerExtension:
-    """Mixed into vLLM's worker class; `self.model_runner` is the worker's."""
+class ESWorkerExtension(LoRASlots):
+    """Mixed into vLLM's worker class; `self.model_runner` is the worker's. Low-rank mode's adapter
+    slots are engines.lora_slots."""
 
     # ---- set-up -------------------------------------------------------------------------------
-    def es_init(self, master_dtype: str = "float32", noise_cache_bytes: int = 0) -> dict:
+    def es_init(self, master_dtype: str = "float32", noise_cache_bytes: int = 0, noise_mode: str = "iid") -> dict:
         """Load this rank's part of the base weights into the master and map them onto the model."""
         model = self.model_runner.model
         model_dir = Path(self.model_runner.model_config.model)
@@ -50,7 +52,8 @@ class ESWorkerExtension:
         self._rank, self._world = tp_rank_and_size()
         self._es = ESState(master, self._write_all, model_dir, noise_cache_bytes,
                            slices={name: piece.slice for name, (_, piece) in self._by_hf.items()},
-                           counted={name for name, (_, piece) in self._by_hf.items() if piece.counted})
+                           counted={name for name, (_, piece) in self._by_hf.items() if piece.counted},
+                           noise_mode=noise_mode)
         return {
             **self._es.info(),
             "rank": self._rank,
@@ -59,8 +62,11 @@ class ESWorkerExtension:
         }
 
     # ---- the ES verbs (engines.es_state), reached by collective_rpc ----------------------------
-    def perturb(self, seed: int, sigma: float) -> dict:
-        return self._es.perturb(seed, sigma)
+    def perturb(self, seed: int, sigma: float, sign: int = 1, mirror: bool = False) -> dict:
+        return self._es.perturb(seed, sigma, sign, mirror)
+
+    def perturb_lowrank(self, seed: int, sigma: float, rank: int) -> dict:
+        return self._es.perturb_lowrank(seed, sigma, rank)
 
     def restore(self) -> str:
         return self._es.restore()

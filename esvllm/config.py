@@ -16,7 +16,7 @@ import tomllib
 from pathlib import Path
 
 from engines.backends import BACKENDS
-from esvllm.es import SHAPINGS
+from esvllm.es import SCHEDULES, SHAPINGS
 from rewards.data import TASKS, TEMPLATES
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
@@ -40,6 +40,7 @@ class RunConfig:
     template: str = field("auto", "prompt template: auto (the task's), plain, chat (the tokenizer's chat template), qwen_math")
     data_sample: int = field(200, "number of training samples (the paper's --data_sample)")
     batch_size: int | None = field(None, "prompts per iteration, drawn from the training samples; default: all")
+    mini_batch_size: int | None = field(None, "prompts per generate call within a member (less memory at once); default: all")
     test_size: int = field(64, "held-out samples kept apart from training (never overlapping)")
     reward_fallback: float = field(0.0, "score of a completion whose reward function raises or times out")
     reward_timeout: float | None = field(None, "cut a reward call off after this many seconds (runs rewards in worker processes)")
@@ -47,6 +48,24 @@ class RunConfig:
     sigma: float = field(0.001, "noise scale of the perturbations")
     alpha: float = field(0.0005, "learning rate: the update is alpha/N * sum f_i eps_i")
     shaping: str = field("zscore", "fitness shaping f of the rewards: zscore (the paper's), centered_rank, raw (minus the mean)")
+    antithetic: bool = field(False, "mirrored pairs: members 2k and 2k+1 are +sigma*eps_k and -sigma*eps_k, on one engine, "
+                                    "one noise draw (population_size even)")
+    optimizer: str = field("sgd", "update rule on g = (1/N) sum f_i eps_i: sgd (the paper's: theta += alpha g), momentum, adam")
+    momentum: float = field(0.9, "momentum coefficient (--optimizer momentum)")
+    beta1: float = field(0.9, "Adam's first-moment decay")
+    beta2: float = field(0.999, "Adam's second-moment decay")
+    adam_eps: float = field(1e-8, "Adam's epsilon")
+    weight_decay: float = field(0.0, "decoupled weight decay: theta -= alpha * weight_decay * theta each update")
+    sigma_schedule: str = field("constant", "sigma over the run: constant, linear or cosine (to --sigma_final)")
+    sigma_final: float | None = field(None, "sigma at the last iteration (default: sigma / 10)")
+    alpha_schedule: str = field("constant", "alpha over the run: constant, linear or cosine (to --alpha_final)")
+    alpha_final: float | None = field(None, "alpha at the last iteration (default: alpha / 10)")
+    perturbation: str = field("full", "full (the paper's: every weight) or lowrank: EGGROLL's rank-r perturbations of "
+                                      "the block linears' weights only (q/k/v/o, gate/up/down; embeddings, norms and "
+                                      "biases stay), all members of an engine generated in one batch as LoRA adapters")
+    rank: int = field(1, "rank r of the low-rank perturbations (--perturbation lowrank)")
+    noise: str = field("iid", "noise: iid per element (default), or paper_correlated (one stream per member for every "
+                              "tensor, so same-shaped tensors get the same noise, as the paper's first scripts)")
     population_size: int = field(30, "N, perturbed models per iteration")
     num_iterations: int = field(1000, "ES iterations")
     global_seed: int = field(42, "seed of the seed schedule and the data")
@@ -113,6 +132,34 @@ class RunConfig:
             bad("engine", self.engine, f"use one of {', '.join(BACKENDS)}")
         if self.task not in TASKS:
             bad("task", self.task, f"use one of {', '.join(TASKS)} (any task takes --data FILE and --reward)")
+        if self.antithetic and self.population_size % 2:
+            bad("population_size", self.population_size, "must be even with --antithetic (members come in pairs)")
+        if self.optimizer not in ("sgd", "momentum", "adam"):
+            bad("optimizer", self.optimizer, "use sgd (the paper's), momentum or adam")
+        if self.optimizer != "sgd" and self.tensor_parallel_size > 1:
+            bad("optimizer", self.optimizer, "optimizer state is not sharded yet: use sgd with --tensor_parallel_size > 1")
+        for name in ("sigma_schedule", "alpha_schedule"):
+            if getattr(self, name) not in SCHEDULES:
+                bad(name, getattr(self, name), f"use one of {', '.join(SCHEDULES)}")
+        for name in ("sigma_final", "alpha_final"):
+            value = getattr(self, name)
+            if value is not None and (not math.isfinite(value) or value <= 0):
+                bad(name, value, "must be a finite number > 0")
+        if not 0 <= self.weight_decay < 1:
+            bad("weight_decay", self.weight_decay, "must be in [0, 1)")
+        if self.noise not in ("iid", "paper_correlated"):
+            bad("noise", self.noise, "use iid or paper_correlated")
+        if self.perturbation not in ("full", "lowrank"):
+            bad("perturbation", self.perturbation, "use full (the paper's) or lowrank")
+        if self.perturbation == "lowrank":
+            if not 1 <= self.rank <= 512:
+                bad("rank", self.rank, "must be between 1 and 512")
+            for flag, value, fix in (("tensor_parallel_size", self.tensor_parallel_size > 1, "1"),
+                                     ("antithetic", self.antithetic, "off"), ("noise", self.noise != "iid", "iid")):
+                if value:
+                    bad(flag, getattr(self, flag), f"low-rank mode needs {fix}")
+        if self.mini_batch_size is not None and self.mini_batch_size < 1:
+            bad("mini_batch_size", self.mini_batch_size, "must be >= 1")
         if self.template not in TEMPLATES:
             bad("template", self.template, f"use one of {', '.join(TEMPLATES)}")
         if self.shaping not in SHAPINGS:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from engines.fleet import NoEngineLeft
 from esvllm import checkpoint
-from esvllm.es import member_seeds, update_coefficients
+from esvllm.es import ask, optimizer_settings, scheduled, tell
 from esvllm.eval import first_set
 from esvllm.runlog import eval_line, iteration_record, progress_bar, say, summary_line
 
@@ -82,14 +82,19 @@ class Coordinator:
     def step(self, iteration: int) -> dict:
         cfg = self.config
         started = time.perf_counter()
-        seeds = member_seeds(cfg.global_seed, iteration, cfg.population_size)  # ask
+        sigma, alpha = self.schedules(iteration)
+        seeds = ask(cfg.global_seed, iteration, cfg.population_size, cfg.antithetic)
         samples = self.batch(iteration)
-        scored, timing = self.rollouts(iteration, seeds, samples)  # evaluate
+        scored, timing = self.rollouts(iteration, seeds, samples, sigma)  # evaluate
         rewards = [m["reward"] for m in scored]
-        coefficients = update_coefficients(rewards, cfg.alpha, cfg.shaping)  # tell
+        pairs, options = tell(rewards, seeds, alpha, shaping=cfg.shaping, antithetic=cfg.antithetic,
+                              optimizer=cfg.optimizer, step=iteration + 1, weight_decay=cfg.weight_decay,
+                              hyper=optimizer_settings(cfg))
+        if cfg.perturbation == "lowrank":
+            options.update(perturbation="lowrank", rank=cfg.rank)
 
         t0 = time.perf_counter()
-        results = self.fleet.apply_update(list(zip(seeds, coefficients)))
+        results = self.fleet.apply_update(pairs, options)
         timing["update_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         checksum = None
@@ -99,7 +104,8 @@ class Coordinator:
         timing["iteration_s"] = time.perf_counter() - started
 
         restarts, self.restarts_counted = self.fleet.restarts - self.restarts_counted, self.fleet.restarts
-        return iteration_record(iteration, scored, len(samples), timing, seeds=seeds, coefficients=coefficients,
+        return iteration_record(iteration, scored, len(samples), timing, seeds=seeds, sigma=sigma, alpha=alpha,
+                                coefficients=[c for _, c in pairs],
                                 update_norm=next(r["update_norm"] for r in results if r), engine_restarts=restarts,
                                 engines=len(self.fleet.engines), checksum=checksum)
 
@@ -116,35 +122,44 @@ class Coordinator:
             params["seed"] = seed  # reproducible sampling per member
         return params
 
-    def rollouts(self, iteration: int, seeds: list[int], samples: list[dict]):
-        """Every member on the fleet; scoring overlaps the other engines' generation."""
+    def schedules(self, iteration: int) -> tuple[float, float]:
+        cfg = self.config
+        return (scheduled(cfg.sigma_schedule, cfg.sigma, cfg.sigma_final or cfg.sigma / 10, iteration, cfg.num_iterations),
+                scheduled(cfg.alpha_schedule, cfg.alpha, cfg.alpha_final or cfg.alpha / 10, iteration, cfg.num_iterations))
+
+    def rollouts(self, iteration: int, seeds: list[int], samples: list[dict], sigma: float):
+        """Every member on the fleet (a job per member, or per antithetic pair); scoring overlaps
+        the other engines' generation."""
         prompts = [s["prompt"] for s in samples]
-        jobs = [("rollout", seed, self.config.sigma, prompts, self.sampling(seed)) for seed in seeds]
-        scored: list[dict | None] = [None] * len(seeds)
+        jobs, per_job, depth = self.fleet.member_jobs(seeds, sigma, prompts, self.sampling, self.config)
+        members = [s for s in seeds for _ in range(2 if self.config.antithetic else 1)]
+        scored: list[dict | None] = [None] * len(members)
         scoring: dict = {}  # member -> Future of its score (background only with --reward_timeout)
         tokens: dict = {}
         timing = {"perturb_s": 0.0, "generate_s": 0.0, "score_s": 0.0}
-        bar = progress_bar(len(seeds), f"iter {iteration + 1}", self.progress)
+        bar = progress_bar(len(members), f"iter {iteration + 1}", self.progress)
         started = time.perf_counter()
 
-        def on_result(member: int, result: dict) -> None:
-            tokens[member] = sum(c["tokens"] for c in result["completions"])
-            scoring[member] = self.scorer.submit([c["text"] for c in result["completions"]], samples)
-            timing["perturb_s"] += result["perturb_s"]
-            timing["generate_s"] += result["generate_s"]
+        def on_result(job: int, result: dict) -> None:
+            for k, one in enumerate(result.get("pair") or result.get("members") or [result]):
+                member = job * per_job + k
+                tokens[member] = sum(c["tokens"] for c in one["completions"])
+                scoring[member] = self.scorer.submit([c["text"] for c in one["completions"]], samples)
+                timing["perturb_s"] += one["perturb_s"]
+                timing["generate_s"] += one["generate_s"]
 
         def collect(block: bool = False) -> None:
             for member in [m for m, f in scoring.items() if block or f.done()]:
                 scored[member] = {**scoring.pop(member).result(), "tokens": tokens[member]}
                 if scored[member]["errors"]:
                     logger.warning("member %d (seed %d): %d of %d rewards failed and scored %s: %s", member,
-                                   seeds[member], scored[member]["errors"], len(samples),
+                                   members[member], scored[member]["errors"], len(samples),
                                    self.config.reward_fallback, scored[member]["error"])
                 timing["score_s"] += scored[member]["score_s"]
                 bar.update(1)
                 bar.set_postfix(reward=f"{scored[member]['reward']:.3f}")
 
-        self.fleet.dispatch(jobs, on_result, poll=collect)
+        self.fleet.dispatch(jobs, on_result, poll=collect, depth=depth)
         collect(block=True)
         bar.close()
         timing["rollout_s"] = time.perf_counter() - started

@@ -101,3 +101,59 @@ def shape(rewards: Sequence[float], shaping: str = "zscore") -> list[float]:
 def update_coefficients(rewards: Sequence[float], alpha: float, shaping: str = "zscore") -> list[float]:
     """α/N · f_n for each member, f the shaped rewards: the weight of ε_n in the update."""
     return [alpha / len(rewards) * f for f in shape(rewards, shaping)]
+
+
+def antithetic_coefficients(shaped: Sequence[float], scale: float) -> list[float]:
+    """Mirrored pairs (member 2k: +eps_k, member 2k+1: -eps_k): sum_i f_i eps_i = sum_k (f_2k - f_2k+1) eps_k,
+    so pair k's coefficient is scale * (f_2k - f_2k+1) and its noise is drawn once."""
+    if len(shaped) % 2:
+        raise ValueError("antithetic pairs need an even population")
+    return [scale * (shaped[2 * k] - shaped[2 * k + 1]) for k in range(len(shaped) // 2)]
+
+
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+def scheduled(kind: str, start: float, final: float, iteration: int, total: int) -> float:
+    """A value that goes from `start` (iteration 0) to `final` (the last iteration)."""
+    if kind == "constant" or total <= 1:
+        return start
+    progress = min(iteration / (total - 1), 1.0)
+    if kind == "linear":
+        return start + (final - start) * progress
+    if kind == "cosine":
+        return final + (start - final) * 0.5 * (1 + math.cos(math.pi * progress))
+    raise ValueError(f"schedule {kind!r}: use one of {', '.join(SCHEDULES)}")
+
+
+def ask(global_seed: int, iteration: int, population_size: int, antithetic: bool = False) -> list[int]:
+    """The iteration's noise seeds: one per member, or one per mirrored pair of members."""
+    return member_seeds(global_seed, iteration, population_size // 2 if antithetic else population_size)
+
+
+def tell(rewards: Sequence[float], seeds: Sequence[int], alpha: float, *, shaping: str = "zscore",
+         antithetic: bool = False, optimizer: str = "sgd", step: int = 1, weight_decay: float = 0.0,
+         hyper: dict | None = None) -> tuple[list[tuple[int, float]], dict]:
+    """The update of one iteration: (seed, coefficient) pairs and the options engines apply them with.
+
+    sgd, the paper's: coefficients alpha/N * f_i, and the engines add sum c_i eps_i. With an
+    optimizer, coefficients are f_i / N (the gradient estimate in the paper's scaling, which folds
+    1/sigma into alpha) and alpha is the optimizer's step size (options carry it and the step count)."""
+    shaped = shape(rewards, shaping)
+    scale = alpha / len(rewards) if optimizer == "sgd" else 1.0 / len(rewards)
+    coefficients = antithetic_coefficients(shaped, scale) if antithetic else [scale * f for f in shaped]
+    options: dict = {}
+    if optimizer != "sgd":
+        options = {"optimizer": optimizer, "alpha": alpha, "step": step, **(hyper or {})}
+    if weight_decay:
+        options.update(weight_decay=weight_decay, alpha=alpha)
+    return list(zip(seeds, coefficients)), options
+
+
+def optimizer_settings(config) -> dict:
+    """The optimizer's hyper-parameters from a run config, as the update log records them."""
+    if config.optimizer == "momentum":
+        return {"momentum": config.momentum}
+    if config.optimizer == "adam":
+        return {"beta1": config.beta1, "beta2": config.beta2, "eps": config.adam_eps}
+    return {}

@@ -79,5 +79,6 @@ def preflight(config, model_dir: str, train: list[dict], evals: dict[str, list[d
              "train_samples": len(train), "eval_samples": {name: len(s) for name, s in evals.items()}}
     if config.resolved_device != "cuda" and not config.gpu_memory_gb:
         return None, facts
-    return memory_plan(config, model_dir, longest), facts
+    optimizer_bytes = {"sgd": 0, "momentum": 4, "adam": 8}[config.optimizer]  # fp32 moments per parameter
+    return memory_plan(config, model_dir, longest, optimizer_bytes), facts
 

@@ -21,6 +21,8 @@ class Recipe:
     batch_size: int = 128
     learning_rate: float = 3e-3
     warmup: int = 20
+    final_lr_fraction: float = 0.05  # the learning rate decays linearly to this fraction (1.0: constant)
+    weight_noise: float = 0.0  # train under Gaussian weight noise of this scale (a base that ES at that sigma can climb)
     seed: int = 0
 
 
@@ -46,15 +48,24 @@ def pretrain(model, tokenizer, recipe: Recipe, progress: bool = True) -> list[fl
         data = pretraining_samples(recipe.task)
         optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=0.01)
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / recipe.warmup) * max(0.05, 1 - step / recipe.steps))
+            optimizer, lambda step: min(1.0, (step + 1) / recipe.warmup)
+            * max(recipe.final_lr_fraction, 1 - (1 - recipe.final_lr_fraction) * step / recipe.steps))
         losses = []
         model.train()
         bar = tqdm(range(recipe.steps), desc=f"pre-training ({recipe.task})", disable=not progress, unit="step")
+        params = [p for p in model.parameters() if p.requires_grad]
         for _ in bar:
             ids, labels = batch(tokenizer, rng.sample(data, recipe.batch_size))
+            noise = [torch.randn_like(p) * recipe.weight_noise for p in params] if recipe.weight_noise else []
+            with torch.no_grad():
+                for p, n in zip(params, noise):
+                    p.add_(n)
             loss = model(input_ids=ids, labels=labels).loss
             optimizer.zero_grad()
             loss.backward()
+            with torch.no_grad():  # the gradient is taken at the noisy point; the step from the clean one
+                for p, n in zip(params, noise):
+                    p.sub_(n)
             optimizer.step()
             schedule.step()
             losses.append(float(loss))

@@ -1,0 +1,95 @@
+"""Low-rank mode against full-rank ES and against plain vLLM generating all members' requests at once.
+
+    python -m benchmarks.lowrank                      # tiny and small, two shapes; part of `make bench`
+    python -m benchmarks.lowrank --models tiny --shapes 2x100
+
+Per model and shape (prompts x new tokens per member, population 30, two engines, fixed-length
+outputs so every variant generates the same tokens), in one run: seconds per ES iteration full-rank
+(one member per generate call) and low-rank (each engine's members in one call, as LoRA adapters),
+and the all-at-once ceiling: the same engines generating all members' requests in one call per
+engine with no ES at all. Writes bench/lowrank.json (merged into bench/results.json by `make bench`)
+with `lowrank_speedup_over_full` and `lowrank_fraction_of_ceiling` per shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from benchmarks.es import Bench, start_pool
+
+SHAPES = {"2x100": (2, 100), "16x32": (16, 32)}  # the paper's conciseness shape, and a 16-prompt one
+
+
+def seconds_per_iteration(bench: Bench, pool, population: int, engines: int, lowrank: bool) -> tuple[float, float]:
+    """(median s/iter, median ES tokens/s) of fixed-length ES iterations on this pool."""
+    config = bench.config(population, engines, "vllm")
+    if lowrank:
+        config.perturbation, config.rank = "lowrank", 1
+    records = bench.es_iterations(pool, config, fixed_length=True)
+    seconds = statistics.median(r["time"]["iteration_s"] for r in records)
+    return seconds, statistics.median(r["tokens"] / r["time"]["iteration_s"] for r in records)
+
+
+def compare(bench: Bench, model: str, population: int, engines: int) -> dict:
+    full_pool = start_pool(bench, model, engines)
+    try:
+        full_s, full_tps = seconds_per_iteration(bench, full_pool, population, engines, lowrank=False)
+        ceiling_tps = bench.plain_generate(full_pool, population, all_at_once=True)
+    finally:
+        full_pool.shutdown()
+    low_pool = start_pool(bench, model, engines, lowrank_slots=-(-population // engines))
+    try:
+        low_s, low_tps = seconds_per_iteration(bench, low_pool, population, engines, lowrank=True)
+    finally:
+        low_pool.shutdown()
+    return {"model": model, "population": population, "engines": engines, "prompts": len(bench.samples),
+            "max_tokens": bench.max_tokens, "full_iteration_s": full_s, "full_tokens_per_s": full_tps,
+            "lowrank_iteration_s": low_s, "lowrank_tokens_per_s": low_tps, "all_at_once_tokens_per_s": ceiling_tps,
+            "lowrank_speedup_over_full": full_s / low_s, "lowrank_fraction_of_ceiling": low_tps / ceiling_tps,
+            "full_fraction_of_ceiling": full_tps / ceiling_tps}
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| model | prompts x tokens | N | full-rank s/iter | low-rank s/iter | speed-up (target 2x at 2x100) | "
+             "full tok/s | low-rank tok/s | all-at-once tok/s | low-rank / ceiling |", "|" + "---|" * 10]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['prompts']}x{r['max_tokens']} | {r['population']} | {r['full_iteration_s']:.2f} | "
+                     f"{r['lowrank_iteration_s']:.2f} | {r['lowrank_speedup_over_full']:.2f}x | {r['full_tokens_per_s']:.0f} | "
+                     f"{r['lowrank_tokens_per_s']:.0f} | {r['all_at_once_tokens_per_s']:.0f} | "
+                     f"{r['lowrank_fraction_of_ceiling']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["tiny", "small"])
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--population", type=int, default=30)
+    parser.add_argument("--engines", type=int, default=2)
+    parser.add_argument("--iterations", type=int, default=2, help="timed iterations per figure (after a warm-up)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--out", default="bench")
+    args = parser.parse_args(argv)
+    from engines.pool import init_ray
+
+    init_ray(num_cpus=2 if args.device == "cpu" else None)
+    rows = []
+    for model in args.models:
+        for shape in args.shapes:
+            prompts, tokens = SHAPES[shape]
+            started = time.perf_counter()
+            rows.append(compare(Bench(args.iterations, prompts, tokens, args.device), model, args.population, args.engines))
+            print(f"{model} {shape}: {time.perf_counter() - started:.0f} s", flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "lowrank.json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=2))
+    print(markdown(rows))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

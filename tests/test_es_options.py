@@ -1,0 +1,127 @@
+"""ES options beyond the paper: each update equals an independent float64 computation, engines stay in
+step with every option, optimizer state survives a resume, antithetic pairs share one noise draw."""
+
+import math
+import shutil
+
+import pytest
+import torch
+
+from engines.es_state import ESState
+from esvllm.es import antithetic_coefficients, scheduled, tell
+from esvllm.noise import noise
+from esvllm.runlog import read_metrics
+
+from .helpers import FAKE, final_weights, run, same_weights, without_eval
+
+SHAPES = {"a.weight": (48, 32), "b.bias": (48,), "c.weight": (16, 48)}
+
+
+def state(cache_bytes=0):
+    generator = torch.Generator().manual_seed(0)
+    master = {n: torch.randn(s, generator=generator) * 0.05 for n, s in SHAPES.items()}
+    weights = {n: torch.empty(s) for n, s in SHAPES.items()}
+
+    def write_all(write):
+        for n, t in master.items():
+            write(n, t, weights[n])
+
+    return ESState(master, write_all, None, cache_bytes), master, weights
+
+
+UPDATES = [[(11, 0.3), (12, -0.2), (13, 0.1)], [(21, -0.05), (22, 0.4)], [(31, 0.2), (32, 0.2), (33, -0.1)]]
+
+
+def expected(optimizer, base, alpha=0.01, decay=0.0):
+    """The optimizer's trajectory in float64, from the noise definition."""
+    theta = {n: t.double().clone() for n, t in base.items()}
+    m = {n: torch.zeros_like(t) for n, t in theta.items()}
+    v = {n: torch.zeros_like(t) for n, t in theta.items()}
+    for t, pairs in enumerate(UPDATES, start=1):
+        for n in theta:
+            g = sum(c * noise(s, n, theta[n].shape).double() for s, c in pairs)
+            theta[n] *= 1 - alpha * decay
+            if optimizer == "sgd":
+                theta[n] += g
+            elif optimizer == "momentum":
+                m[n] = 0.9 * m[n] + g
+                theta[n] += alpha * m[n]
+            else:
+                m[n] = 0.9 * m[n] + 0.1 * g
+                v[n] = 0.999 * v[n] + 0.001 * g * g
+                theta[n] += alpha * (m[n] / (1 - 0.9**t)) / ((v[n] / (1 - 0.999**t)).sqrt() + 1e-8)
+    return theta
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+@pytest.mark.parametrize("decay", [0.0, 0.1])
+def test_each_optimizer_update_equals_a_float64_computation(optimizer, decay):
+    es, master, _ = state()
+    base = {n: t.clone() for n, t in master.items()}
+    for t, pairs in enumerate(UPDATES, start=1):
+        options = {} if optimizer == "sgd" else {"optimizer": optimizer, "alpha": 0.01, "step": t, "momentum": 0.9}
+        if decay:
+            options.update(weight_decay=decay, alpha=0.01)
+        es.apply_update(pairs, options)
+    for n, want in expected(optimizer, base, decay=decay).items():
+        torch.testing.assert_close(master[n].double(), want, rtol=2e-5, atol=1e-7)
+
+
+def test_an_antithetic_pair_draws_its_noise_once_and_the_update_reuses_it():
+    es, master, weights = state(cache_bytes=0)  # no noise cache: the mirror keeps the draw
+    base = {n: t.clone() for n, t in master.items()}
+    assert es.perturb(5, 0.1, 1, mirror=True)["drawn"] is True
+    assert es.perturb(5, 0.1, -1)["drawn"] is False
+    for n in SHAPES:
+        torch.testing.assert_close(weights[n], base[n] - 0.1 * noise(5, n, SHAPES[n]), rtol=1e-6, atol=1e-7)
+    result = es.apply_update([(5, 0.5)])
+    assert (result["perturb_draws"], result["noise_reused"]) == (1, 1)
+    for n in SHAPES:
+        torch.testing.assert_close(master[n], base[n] + 0.5 * noise(5, n, SHAPES[n]), rtol=1e-6, atol=1e-7)
+
+
+def test_the_antithetic_estimator_has_the_mirrored_form():
+    rewards = [3.0, 1.0, 0.5, 2.5]  # pairs (+eps_0, -eps_0), (+eps_1, -eps_1)
+    pairs, _ = tell(rewards, [100, 200], 0.2, antithetic=True)
+    mean = sum(rewards) / 4
+    std = math.sqrt(sum((r - mean) ** 2 for r in rewards) / 4)
+    z = [(r - mean) / std for r in rewards]
+    assert [s for s, _ in pairs] == [100, 200]
+    assert [c for _, c in pairs] == pytest.approx([0.2 / 4 * (z[0] - z[1]), 0.2 / 4 * (z[2] - z[3])])
+    assert antithetic_coefficients([1.0, -1.0], 0.5) == [1.0]
+
+
+def test_schedules_go_from_start_to_final():
+    assert [scheduled("linear", 1.0, 0.1, i, 4) for i in range(4)] == pytest.approx([1.0, 0.7, 0.4, 0.1])
+    assert scheduled("cosine", 1.0, 0.1, 0, 5) == 1.0 and scheduled("cosine", 1.0, 0.1, 4, 5) == pytest.approx(0.1)
+    assert scheduled("cosine", 1.0, 0.0, 2, 5) == pytest.approx(0.5)
+
+
+OPTIONS = {"antithetic": ["--antithetic"], "centered_rank": ["--shaping", "centered_rank"],
+           "adam": ["--optimizer", "adam", "--alpha", "0.002"],
+           "momentum_cosine": ["--optimizer", "momentum", "--sigma_schedule", "cosine", "--alpha_schedule", "linear",
+                               "--weight_decay", "0.01"],
+           "correlated": ["--noise", "paper_correlated", "--mini_batch_size", "2"]}
+
+
+@pytest.mark.parametrize("name", sorted(OPTIONS))
+def test_two_engines_stay_bit_identical_with_each_option(name, tmp_path, ray_session):
+    run_dir = run(tmp_path, name, OPTIONS[name], base=FAKE)
+    records = read_metrics(run_dir)
+    assert len(records) == 3 and all(r["checksum"] for r in records)  # checked after every iteration
+    if name == "momentum_cosine":
+        assert records[0]["sigma"] == 0.05 and records[-1]["sigma"] == pytest.approx(0.005)
+
+
+def test_a_resume_continues_the_optimizers_state_bit_for_bit(tmp_path, ray_session):
+    adam = ["--optimizer", "adam", "--alpha", "0.002", "--save_every", "1", "--keep_checkpoints", "5"]
+    whole = run(tmp_path, "whole", [*adam, "--num_iterations", "5"], base=FAKE)
+    first = run(tmp_path, "first", [*adam, "--num_iterations", "3"], base=FAKE)
+    assert (first / "checkpoints" / "iter_000003" / "model" / "es_optimizer.state").is_file()
+    shutil.rmtree(first / "final")
+    shutil.rmtree(first / "checkpoints" / "iter_000003")  # resume from iteration 2 and replay one update
+    from esvllm.run import main
+
+    resumed = main(["--resume", str(first), "--num_iterations", "5"])
+    assert without_eval(read_metrics(resumed)) == without_eval(read_metrics(whole))
+    assert same_weights(final_weights(resumed), final_weights(whole))

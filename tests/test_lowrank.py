@@ -1,0 +1,85 @@
+"""Low-rank mode: every member of a population served at once as a LoRA adapter equals an engine
+whose weights are W + sigma * E_i (materialised here), and the update is the full-rank sum."""
+
+import math
+
+import pytest
+import torch
+
+from esvllm.lowrank import factors
+from esvllm.runlog import read_metrics
+
+from .conftest import start_pool
+from .helpers import FAKE, final_weights, run, same_weights, without_eval
+
+PROMPTS = ["12+7=", "hello world", "abc", "Using the numbers [3, 5, 7]"]
+SAMPLING = {"temperature": 0.0, "max_tokens": 10, "logprobs": 1}
+MEMBERS = [(1001, 1), (1002, 2), (1003, 3), (1004, 4)]
+SIGMA, RANK = 0.05, 2
+
+
+@pytest.fixture(scope="module")
+def lowrank_and_dense(ray_session, tiny_model):
+    lowrank = start_pool(tiny_model, num_engines=1, lowrank_slots=4, lowrank_rank=RANK)
+    dense = start_pool(tiny_model, num_engines=1)
+    yield lowrank.engines[0], dense.engines[0]
+    lowrank.shutdown()
+    dense.shutdown()
+
+
+@pytest.mark.engine
+def test_each_batched_member_equals_a_dense_engine_with_its_perturbed_weights(lowrank_and_dense):
+    lowrank, dense = lowrank_and_dense
+    base = dense.generate(PROMPTS, SAMPLING)
+    batched = lowrank.call("rollout_lowrank", MEMBERS, SIGMA, RANK, PROMPTS, SAMPLING)["members"]
+    assert lowrank.call("rpc", "lowrank_layout") == [1, 2, 3, 4]  # members stayed in their slots
+    for (seed, _), member in zip(MEMBERS, batched):
+        dense.call("rpc", "perturb_lowrank", seed, SIGMA, RANK)  # W + sigma * A B^T / sqrt(r), materialised
+        want = dense.generate(PROMPTS, SAMPLING)
+        assert [c["text"] for c in member["completions"]] == [c["text"] for c in want]
+        for got, expected in zip(member["completions"], want):
+            for g, w in zip(got["logprobs"], expected["logprobs"]):
+                token = next(iter(g))
+                assert abs(g[token] - w[token]) < 1e-4
+        assert [c["text"] for c in member["completions"]] != [c["text"] for c in base]
+    dense.restore()
+
+
+@pytest.mark.engine
+def test_an_update_adds_the_full_rank_sum_of_the_members_low_rank_noise(lowrank_and_dense, tiny_model):
+    lowrank, _ = lowrank_and_dense
+    pairs = [(1001, 0.02), (1002, -0.01), (1003, 0.005)]
+    base = lowrank.master_weights()
+    lowrank.apply_update(pairs, {"perturbation": "lowrank", "rank": RANK})
+    master = lowrank.master_weights()
+    for name, weight in base.items():
+        if name.endswith("_proj.weight"):
+            expected = weight.double() + sum(c * (lambda ab: ab[0].double() @ ab[1].double().t())(
+                factors(s, name, tuple(weight.shape), RANK)) for s, c in pairs) / math.sqrt(RANK)
+            torch.testing.assert_close(master[name].double(), expected, rtol=1e-5, atol=1e-7)
+        else:  # embeddings, norms, biases: low-rank mode leaves them at the base
+            assert torch.equal(master[name], weight), name
+
+
+@pytest.mark.engine
+def test_a_low_rank_run_on_vllm_equals_the_same_run_on_dense_engines(tmp_path, ray_session):
+    lowrank = ["--perturbation", "lowrank", "--rank", "2"]
+    served = run(tmp_path, "lora", lowrank)  # members as LoRA adapters, one batch per engine
+    dense = run(tmp_path, "dense", [*lowrank, "--engine", "hf"])  # the reference: W + sigma*E_i, one by one
+    assert without_eval(read_metrics(served)) == without_eval(read_metrics(dense))
+    assert same_weights(final_weights(served), final_weights(dense))
+
+
+def test_a_low_rank_run_resumed_after_a_kill_ends_bit_identical(tmp_path, ray_session):
+    import shutil
+
+    from esvllm.run import main
+
+    args = ["--perturbation", "lowrank", "--rank", "4", "--save_every", "1", "--keep_checkpoints", "5"]
+    whole = run(tmp_path, "whole", [*args, "--num_iterations", "4"], base=FAKE)
+    first = run(tmp_path, "first", [*args, "--num_iterations", "2"], base=FAKE)
+    shutil.rmtree(first / "final")
+    shutil.rmtree(first / "checkpoints" / "iter_000002")  # as if killed before the last checkpoint
+    resumed = main(["--resume", str(first), "--num_iterations", "4"])
+    assert without_eval(read_metrics(resumed)) == without_eval(read_metrics(whole))
+    assert same_weights(final_weights(resumed), final_weights(whole))
