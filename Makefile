@@ -16,7 +16,7 @@ EVAL    ?=
 GPU_FLAGS = --cuda_devices $(CUDA_DEVICES) $(if $(MODEL),--model_name $(MODEL)) $(if $(DATA),--data $(DATA)) \
             $(if $(EVAL),--eval_data $(EVAL))
 
-.PHONY: install demo test test-fast gpu-check bench bench-rewards math bench-engine bench-kernels tensorboard countdown conciseness clean
+.PHONY: install demo test test-fast gpu-check bench bench-rewards bench-variants math bench-engine bench-kernels tensorboard countdown conciseness clean
 
 install: $(STAMP)
 
@@ -57,6 +57,10 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.es --device $(DEVICE) --out bench
 	$(PY) -m benchmarks.lowrank --device $(DEVICE) --out bench
+
+# ES options and low-rank mode on the demo task (3 seeds each; about an hour on 2 cores).
+bench-variants: $(STAMP)
+	$(PY) -m benchmarks.variants --out bench
 
 bench-rewards: $(STAMP)
 	$(PY) -m benchmarks.rewards --json bench/rewards.json

@@ -17,12 +17,11 @@ class Recipe:
     """How a built-in model is pre-trained: task problems, steps and optimiser."""
 
     task: str = "addition"
-    steps: int = 400
+    steps: int = 600
     batch_size: int = 128
     learning_rate: float = 3e-3
     warmup: int = 20
     final_lr_fraction: float = 0.05  # the learning rate decays linearly to this fraction (1.0: constant)
-    weight_noise: float = 0.0  # train under Gaussian weight noise of this scale (a base that ES at that sigma can climb)
     seed: int = 0
 
 
@@ -53,19 +52,11 @@ def pretrain(model, tokenizer, recipe: Recipe, progress: bool = True) -> list[fl
         losses = []
         model.train()
         bar = tqdm(range(recipe.steps), desc=f"pre-training ({recipe.task})", disable=not progress, unit="step")
-        params = [p for p in model.parameters() if p.requires_grad]
         for _ in bar:
             ids, labels = batch(tokenizer, rng.sample(data, recipe.batch_size))
-            noise = [torch.randn_like(p) * recipe.weight_noise for p in params] if recipe.weight_noise else []
-            with torch.no_grad():
-                for p, n in zip(params, noise):
-                    p.add_(n)
             loss = model(input_ids=ids, labels=labels).loss
             optimizer.zero_grad()
             loss.backward()
-            with torch.no_grad():  # the gradient is taken at the noisy point; the step from the clean one
-                for p, n in zip(params, noise):
-                    p.sub_(n)
             optimizer.step()
             schedule.step()
             losses.append(float(loss))

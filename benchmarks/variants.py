@@ -1,0 +1,105 @@
+"""`make bench-variants`: ES options and low-rank mode on the demo task, same budget, several seeds.
+
+    python -m benchmarks.variants                                  # every variant, seeds 1 2 3
+    python -m benchmarks.variants --variants default antithetic --seeds 1 --iterations 40
+
+Each variant is the demo experiment (experiments/demo.toml: the pre-trained `adder`, addition problems,
+population 32) with a few flags changed, for the same number of iterations x population, evaluated
+greedy on the same held-out problems before any update and every --eval_every iterations. Writes
+bench/variants.json, bench/variants.md and docs/variants.png (held-out accuracy: mean and spread
+over seeds, per variant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+VARIANTS = {
+    "default": [],  # the paper's: z-scores, plain step, i.i.d. full-rank noise
+    "antithetic": ["--antithetic"],
+    "centered_rank": ["--shaping", "centered_rank"],
+    "adam": ["--optimizer", "adam", "--alpha", "0.0002"],  # alpha is Adam's per-element step here
+    "lowrank_r1": ["--perturbation", "lowrank", "--rank", "1"],
+    "lowrank_r4": ["--perturbation", "lowrank", "--rank", "4"],
+}
+
+
+def run_variant(name: str, seed: int, iterations: int, eval_every: int, out: Path) -> list[dict]:
+    from esvllm.eval import read_eval_log
+    from esvllm.run import main
+
+    argv = ["--experiment", "demo", "--global_seed", str(seed), "--num_iterations", str(iterations),
+            "--eval_every", str(eval_every), "--output_dir", str(out / name), *VARIANTS[name]]
+    run_dir = main(argv)
+    return [{"iteration": e["iteration"], "accuracy": e["accuracy"], "reward": e["reward"]}
+            for e in read_eval_log(run_dir)]
+
+
+def table(results: dict) -> str:
+    lines = ["| variant | flags | held-out accuracy before | after (mean ± sd over seeds) | change | per seed |",
+             "|---|---|---|---|---|---|"]
+    for name, runs in results.items():
+        before = [r[0]["accuracy"] for r in runs]
+        after = [r[-1]["accuracy"] for r in runs]
+        change = [a - b for a, b in zip(after, before)]
+        spread = statistics.pstdev(after) if len(after) > 1 else 0.0
+        lines.append(f"| {name} | `{' '.join(VARIANTS[name]) or '(the paper’s)'}` | {statistics.fmean(before):.3f} | "
+                     f"{statistics.fmean(after):.3f} ± {spread:.3f} | {statistics.fmean(change):+.3f} | "
+                     + ", ".join(f"{b:.3f}→{a:.3f}" for b, a in zip(before, after)) + " |")
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    for name, runs in results.items():
+        x = [e["iteration"] for e in runs[0]]
+        values = list(zip(*[[e["accuracy"] for e in r] for r in runs]))
+        mean = [statistics.fmean(v) for v in values]
+        ax.plot(x, mean, "o-", label=name)
+        ax.fill_between(x, [min(v) for v in values], [max(v) for v in values], alpha=0.12)
+    ax.set_xlabel("updates applied")
+    ax.set_ylabel("held-out accuracy (greedy, exact match)")
+    ax.set_title("ES variants on the demo task: mean over seeds, band = min..max", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--iterations", type=int, default=60)
+    parser.add_argument("--eval_every", type=int, default=20)
+    parser.add_argument("--out", default="bench")
+    parser.add_argument("--runs", default="runs/variants", help="where the runs' directories go")
+    args = parser.parse_args(argv)
+    results, started = {}, time.perf_counter()
+    for name in args.variants:
+        results[name] = [run_variant(name, seed, args.iterations, args.eval_every, Path(args.runs))
+                         for seed in args.seeds]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "variants.json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "settings": vars(args),
+                                                    "flags": VARIANTS, "results": results}, indent=2))
+    text = table(results)
+    (out / "variants.md").write_text(text + "\n")
+    plot(results, Path("docs") / "variants.png")
+    print(text)
+    print(f"{time.perf_counter() - started:.0f} s")
+    return results
+
+
+if __name__ == "__main__":
+    main()
