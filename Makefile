@@ -50,9 +50,10 @@ tensorboard: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(if $(HAS_GPU),-m "gpu or not engine",-m "not gpu") $(PYTEST_ARGS)
 
-# No vLLM engine, no GPU: ES math, rewards, config, checkpoints, and whole runs on fake engines.
+# No vLLM engine, no GPU: ES math, rewards, config, checkpoints, and whole runs on fake engines,
+# in two processes (pytest-xdist), one per core.
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not engine and not gpu" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not engine and not gpu" -n 2 $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.es --device $(DEVICE) --out bench

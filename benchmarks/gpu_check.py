@@ -139,6 +139,46 @@ def lowrank_figures(device: str, population: int = 30) -> dict:
     return out
 
 
+def options_on_cuda(device: str) -> dict:
+    """The ES options' CUDA paths against the same ES state on CPU: mirrored perturbation, Adam,
+    low-rank update, correlated noise."""
+    shapes = {"model.layers.0.mlp.up_proj.weight": (256, 128), "model.layers.0.mlp.gate_proj.weight": (256, 128),
+              "model.norm.weight": (128,)}
+    generator = torch.Generator().manual_seed(2)
+    base = {n: torch.randn(sh, generator=generator) * 0.02 for n, sh in shapes.items()}
+
+    def state(dev, mode="iid"):
+        master = {n: t.clone().to(dev) for n, t in base.items()}
+        weights = {n: torch.empty_like(t) for n, t in master.items()}
+
+        def write_all(write):
+            for n, t in master.items():
+                write(n, t, weights[n])
+
+        return ESState(master, write_all, None, noise_mode=mode), master, weights
+
+    out = {}
+    gpu, _, gpu_weights = state(device)
+    gpu.perturb(9, 0.01, -1)
+    out["mirror_relative_error"] = max(relative_error(gpu_weights[n], base[n] - 0.01 * noise_reference(
+        9, n, torch.arange(base[n].numel())).view(base[n].shape)) for n in shapes)
+    cpu, cpu_master, _ = state("cpu")
+    gpu, gpu_master, _ = state(device)
+    for t in (1, 2, 3):
+        options = {"optimizer": "adam", "alpha": 1e-3, "step": t}
+        for es in (cpu, gpu):
+            es.apply_update([(100 + t, 0.3), (200 + t, -0.1)], options)
+    out["adam_relative_error"] = max(relative_error(gpu_master[n], cpu_master[n]) for n in shapes)
+    for es in (cpu, gpu):
+        es.apply_update([(7, 0.2), (8, -0.05)], {"perturbation": "lowrank", "rank": 4})
+    out["lowrank_update_relative_error"] = max(relative_error(gpu_master[n], cpu_master[n]) for n in shapes)
+    correlated, _, weights = state(device, "paper_correlated")
+    correlated.perturb(5, 0.01)
+    up, gate = (weights[n] - base[n].to(device) for n in list(shapes)[:2])
+    out["correlated_same_shape_identical"] = bool(torch.allclose(up, gate, atol=1e-6))
+    return out
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["0.5B", "3B", "7B"], choices=list(QWEN25_SHAPES))
@@ -177,6 +217,7 @@ def main(argv=None) -> dict:
                                 for size in args.sizes])
     section("memory", lambda: [memory_figure(size, device) for size in args.memory_sizes])
     section("lowrank", lambda: lowrank_figures(device))
+    section("options", lambda: options_on_cuda(device))
     results["seconds"] = time.perf_counter() - started
     out.write_text(json.dumps(results, indent=2))
     print(summary(results))
@@ -208,6 +249,10 @@ def summary(r: dict) -> str:
     lines.append("low-rank 0.5B: " + ", ".join(
         f"r={k[4:]}: draw {v['draw_one_member_s'] * 1e3:.1f} ms/member, merge N=30 {v['merge_population_s'] * 1e3:.0f} ms"
         for k, v in low.items() if k.startswith("rank")) + f"; merge error {low['merge_relative_error']:.1e}")
+    o = r["options"]
+    lines.append(f"options on CUDA vs CPU: mirror {o['mirror_relative_error']:.1e}, Adam {o['adam_relative_error']:.1e}, "
+                 f"low-rank update {o['lowrank_update_relative_error']:.1e}, correlated noise same-shape identical "
+                 f"{o['correlated_same_shape_identical']}")
     lines.append(f"total {r['seconds']:.0f} s")
     return "\n".join(lines)
 

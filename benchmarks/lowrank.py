@@ -1,4 +1,5 @@
-"""Low-rank mode against full-rank ES and against plain vLLM generating all members' requests at once.
+"""Low-rank mode against full-rank ES and plain vLLM generating all members' requests at once; and
+antithetic pairs' ES efficiency.
 
     python -m benchmarks.lowrank                      # tiny and small, two shapes; part of `make bench`
     python -m benchmarks.lowrank --models tiny --shapes 2x100
@@ -8,7 +9,9 @@ outputs so every variant generates the same tokens), in one run: seconds per ES 
 (one member per generate call) and low-rank (each engine's members in one call, as LoRA adapters),
 and the all-at-once ceiling: the same engines generating all members' requests in one call per
 engine with no ES at all. Writes bench/lowrank.json (merged into bench/results.json by `make bench`)
-with `lowrank_speedup_over_full` and `lowrank_fraction_of_ceiling` per shape.
+with `lowrank_speedup_over_full` and `lowrank_fraction_of_ceiling` per shape. Then the ES efficiency
+(ES tokens/s over plain vLLM tokens/s, one member's prompts per call) of the small model at 512
+tokens per member (16 prompts x 32), with and without antithetic pairs (`antithetic_efficiency`).
 """
 
 from __future__ import annotations
@@ -53,6 +56,25 @@ def compare(bench: Bench, model: str, population: int, engines: int) -> dict:
             "full_fraction_of_ceiling": full_tps / ceiling_tps}
 
 
+def antithetic_efficiency(model: str, population: int, engines: int, iterations: int, device: str) -> dict:
+    """ES efficiency at 16 prompts x 32 tokens per member, without and with antithetic pairs."""
+    bench = Bench(iterations, 16, 32, device)
+    pool = start_pool(bench, model, engines)
+    try:
+        plain = bench.plain_generate(pool, population, all_at_once=False)
+        out = {"model": model, "population": population, "tokens_per_member": 512, "plain_tokens_per_s": plain}
+        for name, pairs in (("independent", False), ("antithetic", True)):
+            config = bench.config(population, engines, "vllm")
+            config.antithetic = pairs
+            records = bench.es_iterations(pool, config, fixed_length=True)
+            tps = statistics.median(r["tokens"] / r["time"]["iteration_s"] for r in records)
+            out[name] = {"es_tokens_per_s": tps, "efficiency": tps / plain,
+                         "iteration_s": statistics.median(r["time"]["iteration_s"] for r in records)}
+        return out
+    finally:
+        pool.shutdown()
+
+
 def markdown(rows: list[dict]) -> str:
     lines = ["| model | prompts x tokens | N | full-rank s/iter | low-rank s/iter | speed-up (target 2x at 2x100) | "
              "full tok/s | low-rank tok/s | all-at-once tok/s | low-rank / ceiling |", "|" + "---|" * 10]
@@ -72,6 +94,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--engines", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=2, help="timed iterations per figure (after a warm-up)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--antithetic_model", default="small", help="model of the antithetic efficiency figure ('' skips it)")
     parser.add_argument("--out", default="bench")
     args = parser.parse_args(argv)
     from engines.pool import init_ray
@@ -84,10 +107,17 @@ def main(argv=None) -> list[dict]:
             started = time.perf_counter()
             rows.append(compare(Bench(args.iterations, prompts, tokens, args.device), model, args.population, args.engines))
             print(f"{model} {shape}: {time.perf_counter() - started:.0f} s", flush=True)
+    anti = antithetic_efficiency(args.antithetic_model, 16, args.engines, args.iterations, args.device) \
+        if args.antithetic_model else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "lowrank.json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=2))
+    (out / "lowrank.json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "rows": rows,
+                                                  "antithetic_efficiency": anti}, indent=2))
     print(markdown(rows))
+    if anti:
+        print(f"ES efficiency, {anti['model']}, 512 tokens per member: independent members "
+              f"{anti['independent']['efficiency']:.2f}, antithetic pairs {anti['antithetic']['efficiency']:.2f} "
+              f"(target >= 0.9); s/iter {anti['independent']['iteration_s']:.2f} -> {anti['antithetic']['iteration_s']:.2f}")
     return rows
 
 

@@ -59,7 +59,7 @@ def pretrain(model, tokenizer, recipe: Recipe, progress: bool = True) -> list[fl
             loss.backward()
             optimizer.step()
             schedule.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         model.eval()
         return losses

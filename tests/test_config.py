@@ -57,7 +57,7 @@ def test_bad_config_fails_before_any_engine_starts(argv, fragments, monkeypatch)
 def test_flags_override_the_experiment_file_which_overrides_defaults():
     config = resolve_config(["--experiment", "demo", "--sigma", "0.123"])
     assert config.sigma == 0.123  # flag
-    assert config.task == "conciseness" and config.num_engines == 2  # demo.toml
+    assert config.task == "addition" and config.num_engines == 2  # demo.toml
     assert config.temperature == 0.0  # default (greedy)
 
 

@@ -42,3 +42,12 @@ def test_a_call_to_a_dead_engine_names_it(ray_session, tiny_model):
             engine.checksum()
     finally:
         pool.shutdown()
+
+
+def test_a_placement_ray_cannot_satisfy_fails_with_the_clusters_resources(ray_session, tiny_model, monkeypatch):
+    import engines.pool
+
+    monkeypatch.setattr(engines.pool, "PLACEMENT_TIMEOUT_S", 2)
+    # The session's Ray has no GPU: a bundle asking for one can never be placed.
+    with pytest.raises(RuntimeError, match="could not place 3 engine.*GPU.*cluster has"):
+        EnginePool.start(tiny_model, EngineOptions(device="cuda", cuda_devices=[0, 1, 2]))
