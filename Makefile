@@ -16,7 +16,7 @@ EVAL    ?=
 GPU_FLAGS = --cuda_devices $(CUDA_DEVICES) $(if $(MODEL),--model_name $(MODEL)) $(if $(DATA),--data $(DATA)) \
             $(if $(EVAL),--eval_data $(EVAL))
 
-.PHONY: install demo test test-fast gpu-check bench bench-rewards bench-variants math bench-engine bench-kernels tensorboard countdown conciseness clean
+.PHONY: install demo test test-fast test-ray gpu-check bench bench-rewards bench-variants math bench-engine bench-kernels tensorboard countdown conciseness clean
 
 install: $(STAMP)
 
@@ -47,13 +47,24 @@ tensorboard: $(STAMP)
 	$(VENV)/bin/tensorboard --logdir $(OUTPUT) --host 127.0.0.1 --port $(PORT)
 
 # On a GPU machine (CUDA build of vLLM): the GPU tests and everything that starts no CPU engine.
+# On CPU: the tests that start no engine in two processes, then the engine tests one at a time
+# (each one's engines use both cores).
 test: $(STAMP)
-	$(PY) -m pytest $(if $(HAS_GPU),-m "gpu or not engine",-m "not gpu") $(PYTEST_ARGS)
-
-# No vLLM engine, no GPU: ES math, rewards, config, checkpoints, and whole runs on fake engines,
-# in two processes (pytest-xdist), one per core.
-test-fast: $(STAMP)
+ifeq ($(HAS_GPU),1)
+	$(PY) -m pytest -m "gpu or not engine" $(PYTEST_ARGS)
+else
 	$(PY) -m pytest -m "not engine and not gpu" -n 2 $(PYTEST_ARGS)
+	$(PY) -m pytest -m "engine and not gpu" $(PYTEST_ARGS)
+endif
+
+# No Ray, no vLLM engine, no GPU: ES math, noise, rewards, data, config, checkpoints, memory plan,
+# in two processes (pytest-xdist), one per core. `make test` adds the whole runs on fake engines.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not ray and not engine and not gpu" -n 2 $(PYTEST_ARGS)
+
+# Whole runs on fake engines in Ray actors (no vLLM): recovery, resume, ES options, data; minutes.
+test-ray: $(STAMP)
+	$(PY) -m pytest -m "ray and not engine and not gpu" -n 2 $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.es --device $(DEVICE) --out bench

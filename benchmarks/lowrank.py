@@ -8,7 +8,7 @@ Per model and shape (prompts x new tokens per member, population 30, two engines
 outputs so every variant generates the same tokens), in one run: seconds per ES iteration full-rank
 (one member per generate call) and low-rank (each engine's members in one call, as LoRA adapters),
 and the all-at-once ceiling: the same engines generating all members' requests in one call per
-engine with no ES at all. Writes bench/lowrank.json (merged into bench/results.json by `make bench`)
+engine with no ES at all. Writes bench/lowrank.json, also under "lowrank" in bench/results.json,
 with `lowrank_speedup_over_full` and `lowrank_fraction_of_ceiling` per shape. Then the ES efficiency
 (ES tokens/s over plain vLLM tokens/s, one member's prompts per call) of the small model at 512
 tokens per member (16 prompts x 32), with and without antithetic pairs (`antithetic_efficiency`).
@@ -75,6 +75,13 @@ def antithetic_efficiency(model: str, population: int, engines: int, iterations:
         pool.shutdown()
 
 
+def merge_into_results(path: Path, figures: dict) -> None:
+    """`make bench` runs benchmarks.es first: its results.json gets these figures under "lowrank"."""
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results["lowrank"] = figures
+    path.write_text(json.dumps(results, indent=2))
+
+
 def markdown(rows: list[dict]) -> str:
     lines = ["| model | prompts x tokens | N | full-rank s/iter | low-rank s/iter | speed-up (target 2x at 2x100) | "
              "full tok/s | low-rank tok/s | all-at-once tok/s | low-rank / ceiling |", "|" + "---|" * 10]
@@ -111,8 +118,9 @@ def main(argv=None) -> list[dict]:
         if args.antithetic_model else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "lowrank.json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "rows": rows,
-                                                  "antithetic_efficiency": anti}, indent=2))
+    figures = {"date": time.strftime("%Y-%m-%d"), "rows": rows, "antithetic_efficiency": anti}
+    (out / "lowrank.json").write_text(json.dumps(figures, indent=2))
+    merge_into_results(out / "results.json", figures)
     print(markdown(rows))
     if anti:
         print(f"ES efficiency, {anti['model']}, 512 tokens per member: independent members "

@@ -5,7 +5,8 @@
 
 Each variant is the demo experiment (experiments/demo.toml: the pre-trained `adder`, addition problems,
 population 32) with a few flags changed, for the same number of iterations x population, evaluated
-greedy on the same held-out problems before any update and every --eval_every iterations. Writes
+greedy on the same held-out problems before any update and every --eval_every iterations. A run that
+already finished under --runs with the same configuration is read instead of repeated. Writes
 bench/variants.json, bench/variants.md and docs/variants.png (held-out accuracy: mean and spread
 over seeds, per variant).
 """
@@ -25,7 +26,22 @@ VARIANTS = {
     "adam": ["--optimizer", "adam", "--alpha", "0.0002"],  # alpha is Adam's per-element step here
     "lowrank_r1": ["--perturbation", "lowrank", "--rank", "1"],
     "lowrank_r4": ["--perturbation", "lowrank", "--rank", "4"],
+    # Larger steps, smaller batches: the recipe the demo issue measured a gain with on its own adder.
+    "sigma_0.01": ["--sigma", "0.01", "--alpha", "0.005", "--batch_size", "64"],
 }
+
+
+def finished_run(argv: list[str], runs: Path) -> Path | None:
+    """A run under `runs` that finished (has final/) with exactly this configuration, if any."""
+    from esvllm.run import resolve_config
+
+    wanted = resolve_config(argv).to_dict()
+    for config_file in sorted(runs.glob("*/config.json")):
+        saved = json.loads(config_file.read_text())
+        same = all(saved.get(key) == value for key, value in wanted.items() if key != "model_path")
+        if same and (config_file.parent / "final").is_dir():
+            return config_file.parent
+    return None
 
 
 def run_variant(name: str, seed: int, iterations: int, eval_every: int, out: Path) -> list[dict]:
@@ -34,7 +50,11 @@ def run_variant(name: str, seed: int, iterations: int, eval_every: int, out: Pat
 
     argv = ["--experiment", "demo", "--global_seed", str(seed), "--num_iterations", str(iterations),
             "--eval_every", str(eval_every), "--output_dir", str(out / name), *VARIANTS[name]]
-    run_dir = main(argv)
+    run_dir = finished_run(argv, out / name)
+    if run_dir is not None:  # an interrupted benchmark goes on where it stopped
+        print(f"{name} seed {seed}: reusing the finished run {run_dir}")
+    else:
+        run_dir = main(argv)
     return [{"iteration": e["iteration"], "accuracy": e["accuracy"], "reward": e["reward"]}
             for e in read_eval_log(run_dir)]
 

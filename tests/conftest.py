@@ -5,6 +5,13 @@ import pytest
 from esvllm.models import resolve_model
 
 
+def pytest_collection_modifyitems(items):
+    # Starting Ray and its actors takes seconds per test on two cores: such tests are not the fast tier.
+    for item in items:
+        if "ray_session" in item.fixturenames:
+            item.add_marker(pytest.mark.ray)
+
+
 @pytest.fixture(scope="session")
 def tiny_model() -> str:
     return resolve_model("tiny")
