@@ -86,6 +86,16 @@ def bench_size(size: str, device: str, dtype: str, population: int, repeats: int
             largest[: t.numel()].normal_(generator=torch.Generator(device=device).manual_seed(i))
 
     torch_noise_s = timed(torch_noise, device, repeats)
+    one_thread = {}
+    if device == "cpu":  # an engine on CPU has one core: the per-core speed is the one ES sees
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            one_thread = {"noise_1thread_s": timed(lambda: [fill_noise(largest[: t.numel()].view(t.shape), 3, n)
+                                                            for n, t in master.items()], device, repeats),
+                          "torch_generator_noise_1thread_s": timed(torch_noise, device, repeats)}
+        finally:
+            torch.set_num_threads(threads)
     perturb_s = timed(lambda: es.perturb(11, 1e-3), device, repeats)
     pairs = [(1000 + i, 1e-6 * (-1) ** i) for i in range(population)]
     update_s = timed(lambda: es.apply_update(pairs), device, max(1, repeats // 3))
@@ -104,6 +114,7 @@ def bench_size(size: str, device: str, dtype: str, population: int, repeats: int
         "update_over_floor": update_s / floors["update"],
         "update_over_materialised_floor": update_s / floors["update_materialised"],
         "noise_gelems_per_s": params / noise_s / 1e9,
+        **one_thread,
     }
 
 
@@ -117,6 +128,10 @@ def markdown(results: dict) -> str:
                      f"{r['torch_generator_noise_s'] * 1e3:.1f} | "
                      f"{r['perturb_s'] * 1e3:.1f} ({r['perturb_over_floor']:.2f}) | {r['update_s'] * 1e3:.0f} "
                      f"({r['update_over_floor']:.1f}; {r['update_over_materialised_floor']:.2f}) |")
+    for r in results["sizes"]:
+        if "noise_1thread_s" in r:
+            lines.append(f"\n{r['size']}, one thread: counter-based noise {r['noise_1thread_s'] * 1e3:.1f} ms, "
+                         f"torch.Generator normal_ {r['torch_generator_noise_1thread_s'] * 1e3:.1f} ms")
     return "\n".join(lines)
 
 

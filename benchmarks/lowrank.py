@@ -9,7 +9,9 @@ outputs so every variant generates the same tokens), in one run: seconds per ES 
 (one member per generate call) and low-rank (each engine's members in one call, as LoRA adapters),
 and the all-at-once ceiling: the same engines generating all members' requests in one call per
 engine with no ES at all. Writes bench/lowrank.json, also under "lowrank" in bench/results.json,
-with `lowrank_speedup_over_full` and `lowrank_fraction_of_ceiling` per shape. Then the ES efficiency
+with `lowrank_speedup_over_full` and `lowrank_fraction_of_ceiling` per shape, and per member the time
+to write a member's adapters into vLLM's LoRA slots against a floor for the other route (saving and
+reading the same adapters as a file, before vLLM's own loading). Then the ES efficiency
 (ES tokens/s over plain vLLM tokens/s, one member's prompts per call) of the small model at 512
 tokens per member (16 prompts x 32), with and without antithetic pairs (`antithetic_efficiency`).
 """
@@ -27,33 +29,73 @@ from benchmarks.es import Bench, start_pool
 SHAPES = {"2x100": (2, 100), "16x32": (16, 32)}  # the paper's conciseness shape, and a 16-prompt one
 
 
-def seconds_per_iteration(bench: Bench, pool, population: int, engines: int, lowrank: bool) -> tuple[float, float]:
-    """(median s/iter, median ES tokens/s) of fixed-length ES iterations on this pool."""
+def seconds_per_iteration(bench: Bench, pool, population: int, engines: int, lowrank: bool) -> tuple[float, float, float]:
+    """(median s/iter, median ES tokens/s, median perturb s per member) of fixed-length ES iterations."""
     config = bench.config(population, engines, "vllm")
     if lowrank:
         config.perturbation, config.rank = "lowrank", 1
     records = bench.es_iterations(pool, config, fixed_length=True)
     seconds = statistics.median(r["time"]["iteration_s"] for r in records)
-    return seconds, statistics.median(r["tokens"] / r["time"]["iteration_s"] for r in records)
+    return (seconds, statistics.median(r["tokens"] / r["time"]["iteration_s"] for r in records),
+            statistics.median(r["time"]["perturb_s"] for r in records) / population)
+
+
+def adapter_file_route_s(model: str, rank: int = 1, members: int = 5) -> float:
+    """A floor for loading members through vLLM's LoRA files instead of writing its slots: the time
+    to draw one member's adapters, save them as safetensors and read them back (median over members),
+    before vLLM would parse, copy and activate them."""
+    import tempfile
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from engines.es_state import is_lowrank_target
+    from esvllm.lowrank import factors
+    from esvllm.models import resolve_model
+
+    path = Path(resolve_model(model))
+    with safe_open(str(next(path.glob("*.safetensors"))), "pt") as f:
+        shapes = {n: tuple(f.get_slice(n).get_shape()) for n in f.keys()}
+    targets = {n: s for n, s in shapes.items() if len(s) == 2 and is_lowrank_target(n, torch_stub(s))}
+    times = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in range(members):
+            started = time.perf_counter()
+            tensors = {}
+            for name, shape in targets.items():
+                a, b = factors(seed, name, shape, rank)
+                tensors[f"{name}.lora_A"], tensors[f"{name}.lora_B"] = b.t().contiguous(), a
+            save_file(tensors, f"{tmp}/adapter_model.safetensors")
+            load_file(f"{tmp}/adapter_model.safetensors")
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def torch_stub(shape):
+    """An empty tensor of `shape` for is_lowrank_target (which looks at names and dimensions only)."""
+    import torch
+
+    return torch.empty(shape, device="meta")
 
 
 def compare(bench: Bench, model: str, population: int, engines: int) -> dict:
     full_pool = start_pool(bench, model, engines)
     try:
-        full_s, full_tps = seconds_per_iteration(bench, full_pool, population, engines, lowrank=False)
+        full_s, full_tps, full_perturb = seconds_per_iteration(bench, full_pool, population, engines, lowrank=False)
         ceiling_tps = bench.plain_generate(full_pool, population, all_at_once=True)
     finally:
         full_pool.shutdown()
     low_pool = start_pool(bench, model, engines, lowrank_slots=-(-population // engines))
     try:
-        low_s, low_tps = seconds_per_iteration(bench, low_pool, population, engines, lowrank=True)
+        low_s, low_tps, slot_write = seconds_per_iteration(bench, low_pool, population, engines, lowrank=True)
     finally:
         low_pool.shutdown()
     return {"model": model, "population": population, "engines": engines, "prompts": len(bench.samples),
             "max_tokens": bench.max_tokens, "full_iteration_s": full_s, "full_tokens_per_s": full_tps,
             "lowrank_iteration_s": low_s, "lowrank_tokens_per_s": low_tps, "all_at_once_tokens_per_s": ceiling_tps,
             "lowrank_speedup_over_full": full_s / low_s, "lowrank_fraction_of_ceiling": low_tps / ceiling_tps,
-            "full_fraction_of_ceiling": full_tps / ceiling_tps}
+            "full_fraction_of_ceiling": full_tps / ceiling_tps, "full_perturb_s_per_member": full_perturb,
+            "lowrank_slot_write_s_per_member": slot_write, "lowrank_file_route_floor_s_per_member": adapter_file_route_s(model)}
 
 
 def antithetic_efficiency(model: str, population: int, engines: int, iterations: int, device: str) -> dict:
@@ -122,6 +164,10 @@ def main(argv=None) -> list[dict]:
     (out / "lowrank.json").write_text(json.dumps(figures, indent=2))
     merge_into_results(out / "results.json", figures)
     print(markdown(rows))
+    for r in rows:
+        print(f"{r['model']} {r['prompts']}x{r['max_tokens']}: per member, full-rank perturb {r['full_perturb_s_per_member'] * 1e3:.1f} ms, "
+              f"low-rank slot write {r['lowrank_slot_write_s_per_member'] * 1e3:.1f} ms, adapter file route floor "
+              f"{r['lowrank_file_route_floor_s_per_member'] * 1e3:.1f} ms")
     if anti:
         print(f"ES efficiency, {anti['model']}, 512 tokens per member: independent members "
               f"{anti['independent']['efficiency']:.2f}, antithetic pairs {anti['antithetic']['efficiency']:.2f} "

@@ -28,6 +28,8 @@ VARIANTS = {
     "lowrank_r4": ["--perturbation", "lowrank", "--rank", "4"],
     # Larger steps, smaller batches: the recipe the demo issue measured a gain with on its own adder.
     "sigma_0.01": ["--sigma", "0.01", "--alpha", "0.005", "--batch_size", "64"],
+    # The same 128 training problems every iteration: does ES fit what it is shown?
+    "fixed_128": ["--data_sample", "128"],
 }
 
 
@@ -55,13 +57,19 @@ def run_variant(name: str, seed: int, iterations: int, eval_every: int, out: Pat
         print(f"{name} seed {seed}: reusing the finished run {run_dir}")
     else:
         run_dir = main(argv)
-    return [{"iteration": e["iteration"], "accuracy": e["accuracy"], "reward": e["reward"]}
-            for e in read_eval_log(run_dir)]
+    evals = [{"iteration": e["iteration"], "accuracy": e["accuracy"], "reward": e["reward"]}
+             for e in read_eval_log(run_dir)]
+    train = [json.loads(line)["reward_mean"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+             if line.strip() and "reward_mean" in json.loads(line)]
+    # The training reward (mean over members, each iteration's batch) of the first and last 5 iterations.
+    evals[0]["train_reward_first5"] = statistics.fmean(train[:5])
+    evals[-1]["train_reward_last5"] = statistics.fmean(train[-5:])
+    return evals
 
 
 def table(results: dict) -> str:
-    lines = ["| variant | flags | held-out accuracy before | after (mean ± sd over seeds) | change | per seed |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| variant | flags | held-out accuracy before | after (mean ± sd over seeds) | change | per seed | "
+             "training reward, first 5 → last 5 iterations |", "|---|---|---|---|---|---|---|"]
     for name, runs in results.items():
         before = [r[0]["accuracy"] for r in runs]
         after = [r[-1]["accuracy"] for r in runs]
@@ -69,7 +77,9 @@ def table(results: dict) -> str:
         spread = statistics.pstdev(after) if len(after) > 1 else 0.0
         lines.append(f"| {name} | `{' '.join(VARIANTS[name]) or '(the paper’s)'}` | {statistics.fmean(before):.3f} | "
                      f"{statistics.fmean(after):.3f} ± {spread:.3f} | {statistics.fmean(change):+.3f} | "
-                     + ", ".join(f"{b:.3f}→{a:.3f}" for b, a in zip(before, after)) + " |")
+                     + ", ".join(f"{b:.3f}→{a:.3f}" for b, a in zip(before, after)) + " | "
+                     + f"{statistics.fmean(r[0]['train_reward_first5'] for r in runs):.3f} → "
+                     + f"{statistics.fmean(r[-1]['train_reward_last5'] for r in runs):.3f} |")
     return "\n".join(lines)
 
 
