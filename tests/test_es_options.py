@@ -125,3 +125,32 @@ def test_a_resume_continues_the_optimizers_state_bit_for_bit(tmp_path, ray_sessi
     resumed = main(["--resume", str(first), "--num_iterations", "5"])
     assert without_eval(read_metrics(resumed)) == without_eval(read_metrics(whole))
     assert same_weights(final_weights(resumed), final_weights(whole))
+
+
+def test_paper_correlated_noise_gives_same_shaped_tensors_the_same_noise():
+    # The paper's first scripts seeded every tensor with the member's seed: one stream for all tensors.
+    shapes = {"x.weight": (8, 4), "y.weight": (8, 4), "z.bias": (8,)}
+    perturbed = {}
+    for mode in ("iid", "paper_correlated"):
+        master = {n: torch.zeros(s) for n, s in shapes.items()}
+        weights = {n: torch.empty(s) for n, s in shapes.items()}
+
+        def write_all(write, master=master, weights=weights):
+            for n, t in master.items():
+                write(n, t, weights[n])
+
+        ESState(master, write_all, None, 0, noise_mode=mode).perturb(5, 1.0)
+        perturbed[mode] = weights
+    correlated, iid = perturbed["paper_correlated"], perturbed["iid"]
+    assert torch.equal(correlated["x.weight"], correlated["y.weight"])
+    assert torch.equal(correlated["x.weight"], noise(5, "", (8, 4)))  # the one stream, from its start
+    assert torch.equal(correlated["z.bias"], noise(5, "", (8,)))
+    assert not torch.equal(iid["x.weight"], iid["y.weight"])
+    assert torch.equal(iid["x.weight"], noise(5, "x.weight", (8, 4)))
+
+
+def test_mini_batches_give_the_same_run_as_one_generate_per_member(tmp_path, ray_session):
+    whole = run(tmp_path, "whole", [], base=FAKE)
+    split = run(tmp_path, "split", ["--mini_batch_size", "1"], base=FAKE)
+    assert read_metrics(whole)[-1]["reward_mean"] == read_metrics(split)[-1]["reward_mean"]
+    assert same_weights(final_weights(whole), final_weights(split))
