@@ -149,8 +149,33 @@ def test_paper_correlated_noise_gives_same_shaped_tensors_the_same_noise():
     assert torch.equal(iid["x.weight"], noise(5, "x.weight", (8, 4)))
 
 
-def test_mini_batches_give_the_same_run_as_one_generate_per_member(tmp_path, ray_session):
+def test_mini_batches_split_each_members_prompts_into_several_generate_calls_in_order():
+    from engines.actor_base import EngineActorBase
+
+    class Recorder(EngineActorBase):
+        def __init__(self):
+            self.calls = []
+
+        def rpc(self, method, *args):
+            return None
+
+        def generate(self, prompts, sampling):
+            self.calls.append(list(prompts))
+            return [{"text": p.upper(), "tokens": 1} for p in prompts]
+
+    engine, prompts = Recorder(), ["a", "b", "c", "d", "e"]
+    result = engine.rollout(3, 0.1, prompts, {}, mini_batch=2)
+    assert engine.calls == [["a", "b"], ["c", "d"], ["e"]]
+    assert [c["text"] for c in result["completions"]] == ["A", "B", "C", "D", "E"]
+
+
+def test_mini_batches_reach_the_engines_and_leave_a_run_unchanged(tmp_path, ray_session, monkeypatch):
+    # Fake engine 0 dies at its 13th generate call: one call per member (12 members in all) never gets
+    # there, one call per prompt does, so a restart shows that --mini_batch_size reached the engines.
+    monkeypatch.setenv("ESVLLM_FAKE_DIE_ON_CALL", "0:generate:13")
     whole = run(tmp_path, "whole", [], base=FAKE)
     split = run(tmp_path, "split", ["--mini_batch_size", "1"], base=FAKE)
-    assert read_metrics(whole)[-1]["reward_mean"] == read_metrics(split)[-1]["reward_mean"]
+    assert sum(r["engine_restarts"] for r in read_metrics(whole)) == 0
+    assert sum(r["engine_restarts"] for r in read_metrics(split)) == 1
+    assert without_eval(read_metrics(whole)) == without_eval(read_metrics(split))
     assert same_weights(final_weights(whole), final_weights(split))
