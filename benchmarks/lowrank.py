@@ -46,17 +46,14 @@ def adapter_file_route_s(model: str, rank: int = 1, members: int = 5) -> float:
     before vLLM would parse, copy and activate them."""
     import tempfile
 
-    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
     from engines.es_state import is_lowrank_target
     from esvllm.lowrank import factors
     from esvllm.models import resolve_model
 
-    path = Path(resolve_model(model))
-    with safe_open(str(next(path.glob("*.safetensors"))), "pt") as f:
-        shapes = {n: tuple(f.get_slice(n).get_shape()) for n in f.keys()}
-    targets = {n: s for n, s in shapes.items() if len(s) == 2 and is_lowrank_target(n, torch_stub(s))}
+    weights = load_file(str(next(Path(resolve_model(model)).glob("*.safetensors"))))
+    targets = {n: tuple(t.shape) for n, t in weights.items() if is_lowrank_target(n, t)}
     times = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(members):
@@ -69,13 +66,6 @@ def adapter_file_route_s(model: str, rank: int = 1, members: int = 5) -> float:
             load_file(f"{tmp}/adapter_model.safetensors")
             times.append(time.perf_counter() - started)
     return statistics.median(times)
-
-
-def torch_stub(shape):
-    """An empty tensor of `shape` for is_lowrank_target (which looks at names and dimensions only)."""
-    import torch
-
-    return torch.empty(shape, device="meta")
 
 
 def compare(bench: Bench, model: str, population: int, engines: int) -> dict:
