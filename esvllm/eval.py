@@ -5,8 +5,9 @@
 Prints reward, accuracy and format rate, and writes one JSON line per sample (prompt, completion,
 reward and its components) to --output (default: <model>/eval.jsonl). Without --data it evaluates
 the held-out split the training run of the same --task, --data_sample, --test_size and --global_seed
-kept apart. accuracy is the mean of the reward's `answer` component (Countdown: the answer is right)
-and format_rate the mean of its `format` component, when the reward reports them.
+kept apart. accuracy is the mean of the reward's `answer` component (Countdown: the answer is right),
+format_rate the mean of its `format` component, and sum_rate of `sum` (addition: the number written
+is the sum, whatever follows it), when the reward reports them.
 """
 
 from __future__ import annotations
@@ -117,8 +118,11 @@ def summarize(rows: list[dict]) -> dict:
         values = [r[key] for r in rows if key in r]
         return statistics.fmean(values) if values else None
 
-    return {"reward": statistics.fmean(r["reward"] for r in rows), "accuracy": mean_of("answer"),
-            "format_rate": mean_of("format"), "samples": len(rows)}
+    summary = {"reward": statistics.fmean(r["reward"] for r in rows), "accuracy": mean_of("answer"),
+               "format_rate": mean_of("format"), "samples": len(rows)}
+    if mean_of("sum") is not None:
+        summary["sum_rate"] = mean_of("sum")
+    return summary
 
 
 def main(argv=None) -> dict:
@@ -154,7 +158,8 @@ def main(argv=None) -> dict:
     output.write_text("".join(json.dumps(r) + "\n" for r in rows))
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"
     print(f"samples {summary['samples']}  reward {fmt(summary['reward'])}  accuracy {fmt(summary['accuracy'])}  "
-          f"format_rate {fmt(summary['format_rate'])}")
+          f"format_rate {fmt(summary['format_rate'])}"
+          + (f"  sum_rate {fmt(summary['sum_rate'])}" if "sum_rate" in summary else ""))
     print(f"per-sample results: {output}")
     return summary
 

@@ -56,7 +56,7 @@ BUILTIN_MODELS = {
     # ~100M parameters: for scaling figures.
     "medium": ModelSpec(768, 3072, 12, 12, 4, tie_word_embeddings=False),
     # tiny's shape, pre-trained on the addition task's pre-training problems: the CPU demo's base model.
-    "adder": ModelSpec(128, 256, 2, 4, 2, tie_word_embeddings=True, pretrain=Recipe()),
+    "adder": ModelSpec(128, 256, 2, 4, 2, tie_word_embeddings=True, pretrain=Recipe(period_fraction=0.6)),
 }
 
 

@@ -40,7 +40,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if evals:
         right = axes[0][1]
         x = [e["iteration"] for e in evals]
-        for key, label in (("accuracy", "held-out accuracy"), ("format_rate", "held-out format rate")):
+        for key, label in (("accuracy", "held-out accuracy"), ("format_rate", "held-out format rate"),
+                           ("sum_rate", "held-out right sums (any format)")):
             if all(e.get(key) is not None for e in evals):
                 right.plot(x, [e[key] for e in evals], "o-", label=label)
         if all(e.get("accuracy") is None for e in evals):
@@ -75,7 +76,7 @@ def before_after(run_dir: str | Path, examples: int = 3) -> str | None:
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
     lines = [f"held-out ({first['samples']} problems) | after {first['iteration']} updates | after {last['iteration']} updates",
              *(f"{key:<23} | {fmt(first.get(key)):>16} | {fmt(last.get(key)):>16}"
-               for key in ("accuracy", "format_rate", "reward"))]
+               for key in ("accuracy", "format_rate", "sum_rate", "reward") if key in first)]
     rows = [_rows(run_dir, e["iteration"], e.get("set")) for e in (first, last)]
     if all(rows):
         pairs = list(zip(*rows))

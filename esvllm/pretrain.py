@@ -1,9 +1,11 @@
 """Supervised pre-training of a built-in model on its task's pre-training problems (no hub, no ES).
 
 The demo needs a base model that already does its task sometimes, so that ES has something to
-improve and held-out accuracy can show it. `pretrain` trains a freshly initialised Qwen2 with plain
-next-token cross-entropy on "prompt + answer + <eos>" (loss on the answer and <eos> only), AdamW,
-fixed seed, one CPU thread: the same bits on every build on a machine.
+improve and held-out accuracy can show it. The demo's corpus writes most two-digit sums as sentences
+("45."), a convention the task's bare-number answer does not share (the README's demo section says
+why). `pretrain` trains a freshly initialised Qwen2 with plain next-token cross-entropy on
+"prompt + answer + <eos>" (loss on the answer and <eos> only), AdamW, fixed seed, one CPU thread: the
+same bits on every build on a machine.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ class Recipe:
     warmup: int = 20
     final_lr_fraction: float = 0.05  # the learning rate decays linearly to this fraction (1.0: constant)
     seed: int = 0
+    # Share of `period_digits`-digit pre-training answers written as a sentence, with a trailing period
+    # ("81."): a convention of the corpus that the task's exact-match answer (the bare number) lacks.
+    period_fraction: float = 0.0
+    period_digits: int = 2
 
 
 def pretraining_samples(task: str) -> list[tuple[str, str]]:
@@ -53,7 +59,7 @@ def pretrain(model, tokenizer, recipe: Recipe, progress: bool = True) -> list[fl
         model.train()
         bar = tqdm(range(recipe.steps), desc=f"pre-training ({recipe.task})", disable=not progress, unit="step")
         for _ in bar:
-            ids, labels = batch(tokenizer, rng.sample(data, recipe.batch_size))
+            ids, labels = batch(tokenizer, draw(data, recipe, rng))
             loss = model(input_ids=ids, labels=labels).loss
             optimizer.zero_grad()
             loss.backward()
@@ -65,6 +71,16 @@ def pretrain(model, tokenizer, recipe: Recipe, progress: bool = True) -> list[fl
         return losses
     finally:
         torch.set_num_threads(threads)
+
+
+def draw(data: list[tuple[str, str]], recipe: Recipe, rng: random.Random) -> list[tuple[str, str]]:
+    """One step's (prompt, answer) pairs, in the corpus's convention: a `period_digits`-digit answer
+    ends with a period with probability `period_fraction`."""
+    pairs = rng.sample(data, recipe.batch_size)
+    if not recipe.period_fraction:
+        return pairs
+    return [(prompt, answer + "." if len(answer) == recipe.period_digits and rng.random() < recipe.period_fraction
+             else answer) for prompt, answer in pairs]
 
 
 def batch(tokenizer, pairs: list[tuple[str, str]]):

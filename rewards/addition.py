@@ -2,8 +2,9 @@
 
 The reward is the paper's Countdown shape on a smaller problem: `answer` is 1 when the completion is
 exactly the sum's digits (the model stops with its end-of-sequence token; nothing is stripped, so
-spaces or a second number are wrong) and `format` is 1 when it is a plain number. reward =
-0.1 * format + answer.
+spaces, a trailing period or a second number are wrong) and `format` is 1 when it is a plain number.
+reward = 0.1 * format + answer. `sum` (not in the reward) is 1 when the completion's leading number is
+the sum, whatever follows it ("81." counts): it tells arithmetic from format in the evaluation records.
 
 Problems (a, b) with a, b < 100 are split by a hash of the pair into three disjoint pools: the
 built-in `adder` model's supervised pre-training (10/16 of the pairs), ES training (5/16) and the
@@ -18,13 +19,16 @@ import re
 
 MAX_OPERAND = 99
 NUMBER = re.compile(r"0|[1-9][0-9]*")  # used with fullmatch: no trailing newline slips through
+LEADING_NUMBER = re.compile(r"[0-9]+")
 POOLS = {"pretrain": range(0, 10), "train": range(10, 15), "heldout": range(15, 16)}
 
 
 def addition_reward(completion: str, sample: dict) -> dict:
     fmt = 1.0 if len(completion) <= 8 and NUMBER.fullmatch(completion) else 0.0
     answer = 1.0 if completion == str(sample["target"]) else 0.0
-    return {"reward": 0.1 * fmt + answer, "format": fmt, "answer": answer}
+    leading = LEADING_NUMBER.match(completion)
+    right_sum = 1.0 if leading and leading.group() == str(sample["target"]) else 0.0
+    return {"reward": 0.1 * fmt + answer, "format": fmt, "answer": answer, "sum": right_sum}
 
 
 def pool_of(a: int, b: int) -> str:

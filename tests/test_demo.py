@@ -38,8 +38,29 @@ def test_a_cached_build_is_reused_and_a_half_written_one_is_never_used(tmp_path,
     assert (path / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not rebuilt
 
 
+def test_the_corpus_ends_the_stated_share_of_two_digit_sums_with_a_period_and_no_other_sum():
+    import random
+
+    from esvllm.pretrain import draw, pretraining_samples
+
+    recipe = Recipe(batch_size=4000, period_fraction=0.6)
+    pairs = draw(pretraining_samples("addition"), recipe, random.Random(1))
+    two_digit = [a for p, a in pairs if len(a.rstrip(".")) == 2]
+    assert all(a.isdigit() for p, a in pairs if len(a.rstrip(".")) != 2)
+    share = sum(a.endswith(".") for a in two_digit) / len(two_digit)
+    assert abs(share - 0.6) < 4 * (0.24 / len(two_digit)) ** 0.5  # binomial, four standard errors
+    assert all(a[:-1] == str(sum_of(p)) for p, a in pairs if a.endswith("."))
+    assert draw(pretraining_samples("addition"), Recipe(batch_size=50), random.Random(1)) == \
+        random.Random(1).sample(pretraining_samples("addition"), 50)  # no period: the plain corpus
+
+
+def sum_of(prompt: str) -> int:
+    a, b = prompt.rstrip("=").split("+")
+    return int(a) + int(b)
+
+
 @pytest.mark.engine
-def test_the_adder_starts_between_5_and_50_percent_held_out_accuracy(ray_session):
+def test_the_adder_starts_between_5_and_50_percent_and_its_format_holds_it_back(ray_session):
     from engines.fleet import Fleet
     from esvllm.eval import Evaluator
     from esvllm.models import resolve_model
@@ -51,12 +72,15 @@ def test_the_adder_starts_between_5_and_50_percent_held_out_accuracy(ray_session
 
     pool = start_pool(resolve_model("adder"), num_engines=2, max_model_len=32)
     try:
-        _, heldout = task_splits("addition", None, 10, 256, 0)
+        _, heldout = task_splits("addition", None, 10, 512, 0)  # the demo's held-out set
         summary, rows = Evaluator(heldout, Scorer("addition"), 6).run(Fleet(pool, UpdateLog()), heldout)
     finally:
         pool.shutdown()
     assert 0.05 <= summary["accuracy"] <= 0.5, summary
-    assert summary["format_rate"] > 0.9  # it answers with numbers
+    # Its sums are right far more often than its answers: most right sums carry the corpus's period.
+    assert summary["sum_rate"] >= summary["accuracy"] + 0.2, summary
+    periods = [r for r in rows if r["completion"].endswith(".")]
+    assert periods and all(len(r["completion"]) == 3 for r in periods)  # two digits and the period
 
 
 @pytest.mark.engine

@@ -84,15 +84,17 @@ def test_an_all_whitespace_completion_is_not_rewarded_as_an_empty_one():
     assert conciseness_reward("", {"target": "abcdef"}) == -6
 
 
-@pytest.mark.parametrize("completion, answer, fmt", [
-    ("81", 1.0, 1.0), ("81 ", 0.0, 0.0), (" 81", 0.0, 0.0), ("80", 0.0, 1.0), ("081", 0.0, 0.0),
-    ("8181", 0.0, 1.0), ("", 0.0, 0.0), ("81\n", 0.0, 0.0), ("eighty-one", 0.0, 0.0)])
-def test_addition_is_exact_match_on_the_generated_text(completion, answer, fmt):
+@pytest.mark.parametrize("completion, answer, fmt, right_sum", [
+    ("81", 1.0, 1.0, 1.0), ("81 ", 0.0, 0.0, 1.0), (" 81", 0.0, 0.0, 0.0), ("80", 0.0, 1.0, 0.0),
+    ("081", 0.0, 0.0, 0.0), ("8181", 0.0, 1.0, 0.0), ("", 0.0, 0.0, 0.0), ("81\n", 0.0, 0.0, 1.0),
+    ("eighty-one", 0.0, 0.0, 0.0), ("81.", 0.0, 0.0, 1.0), ("810.", 0.0, 0.0, 0.0), ("8.1", 0.0, 0.0, 0.0)])
+def test_addition_is_exact_match_on_the_generated_text_and_sum_reads_the_leading_number(
+        completion, answer, fmt, right_sum):
     from rewards.addition import addition_reward
 
     out = addition_reward(completion, {"target": 81})
-    assert (out["answer"], out["format"]) == (answer, fmt)
-    assert out["reward"] == pytest.approx(0.1 * fmt + answer)
+    assert (out["answer"], out["format"], out["sum"]) == (answer, fmt, right_sum)
+    assert out["reward"] == pytest.approx(0.1 * fmt + answer)  # `sum` is a record, not rewarded
 
 
 def test_addition_pools_never_share_a_problem_and_the_held_out_split_is_the_held_out_pool():
