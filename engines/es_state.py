@@ -26,6 +26,7 @@ import torch
 
 from engines.optimizer import OPTIMIZER_FILE, Optimizer
 from esvllm.noise import check_sigma, fill_noise_rows, philox_key
+from esvllm.noise_cpu import checksum_rows
 
 CHECKPOINT_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                     "special_tokens_map.json", "vocab.json", "merges.txt", "chat_template.jinja")
@@ -219,18 +220,26 @@ class ESState:
                 continue
             ints = as_rows(master.view(torch.int32) if master.element_size() == 4 else master.view(torch.int16))
             where = self._slices[name]
-            rows, width = ints.shape
-            total = positional = 0
-            step = max(1, CHECKSUM_CHUNK // width)
-            columns = torch.arange(width, device=ints.device, dtype=torch.int64)
-            for r in range(0, rows, step):
-                block = ints[r : r + step].to(torch.int64)
-                row_ids = torch.arange(r, r + block.shape[0], device=ints.device, dtype=torch.int64)[:, None]
-                index = (where.row0 + row_ids) * where.row_stride + where.col0 + columns
-                total += int(block.sum())
-                positional += int((block * (index % 7 + 1)).sum())
-            parts[name] = (total, positional)
+            fast = None  # the C kernel: the same sums, about 20x faster on CPU
+            if not self._cuda and ints.is_contiguous():
+                fast = checksum_rows(ints, where.row0, where.col0, where.row_stride)
+            parts[name] = fast or self._checksum_torch(ints, where)
         return parts
+
+    @staticmethod
+    def _checksum_torch(ints: torch.Tensor, where: Slice) -> tuple[int, int]:
+        """checksum_parts' figures of one tensor in torch integer ops (CUDA, and the C kernel's reference)."""
+        rows, width = ints.shape
+        total = positional = 0
+        step = max(1, CHECKSUM_CHUNK // width)
+        columns = torch.arange(width, device=ints.device, dtype=torch.int64)
+        for r in range(0, rows, step):
+            block = ints[r : r + step].to(torch.int64)
+            row_ids = torch.arange(r, r + block.shape[0], device=ints.device, dtype=torch.int64)[:, None]
+            index = (where.row0 + row_ids) * where.row_stride + where.col0 + columns
+            total += int(block.sum())
+            positional += int((block * (index % 7 + 1)).sum())
+        return total, positional
 
     def checksum(self, base_only: bool = False) -> str:
         """Digest of the master (bit-exact) and, unless `base_only`, the current perturbation."""

@@ -75,3 +75,41 @@ void fill_rows(float *out, int64_t rows, int64_t width, const int32_t *table, ui
         }
     }
 }
+
+/* The engines' weight checksum (engines/es_state.py, checksum_parts) over a rows x width block of
+ * int32 (elem_bytes 4) or int16 (elem_bytes 2) bit patterns v at element indices
+ * i = (row0 + r) * row_stride + col0 + c: total = sum v, positional = sum v * (i % 7 + 1).
+ * Exact integer sums: int64 within a chunk of at most 2**24 elements (|v| * 7 * 2**24 < 2**63),
+ * then 128-bit. out = {total low, total high, positional low, positional high} (two's complement). */
+#define CHUNK (1 << 24)
+void checksum_rows(const void *data, int32_t elem_bytes, int64_t rows, int64_t width, int64_t row0,
+                   int64_t col0, int64_t row_stride, uint64_t *out) {
+    __int128 total = 0, positional = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t first = (row0 + r) * row_stride + col0;
+        int64_t weight = first % 7 + 1;
+        for (int64_t start = 0; start < width; start += CHUNK) {
+            int64_t end = start + CHUNK < width ? start + CHUNK : width;
+            int64_t sum = 0, weighted = 0;
+            if (elem_bytes == 4) {
+                const int32_t *v = (const int32_t *)data + r * width;
+                for (int64_t c = start; c < end; c++) {
+                    sum += v[c];
+                    weighted += (int64_t)v[c] * weight;
+                    weight = weight == 7 ? 1 : weight + 1;
+                }
+            } else {
+                const int16_t *v = (const int16_t *)data + r * width;
+                for (int64_t c = start; c < end; c++) {
+                    sum += v[c];
+                    weighted += (int64_t)v[c] * weight;
+                    weight = weight == 7 ? 1 : weight + 1;
+                }
+            }
+            total += sum;
+            positional += weighted;
+        }
+    }
+    out[0] = (uint64_t)total; out[1] = (uint64_t)((unsigned __int128)total >> 64);
+    out[2] = (uint64_t)positional; out[3] = (uint64_t)((unsigned __int128)positional >> 64);
+}

@@ -1,6 +1,6 @@
-"""The CPU noise kernel: esvllm/noise_cpu.c, compiled once with the system C compiler and called
-through ctypes (which releases the GIL). Without a compiler the torch reference computes the same
-bits, many times slower (a warning says so).
+"""The CPU kernels: esvllm/noise_cpu.c (the noise, and the engines' weight checksum), compiled once
+with the system C compiler and called through ctypes (which releases the GIL). Without a compiler
+the torch reference computes the same bits, many times slower (a warning says so).
 
 The library is cached in $ESVLLM_CACHE/kernels (default ~/.cache/esvllm/kernels), named by a
 digest of the source and flags, and written atomically, so concurrent engines never load a
@@ -64,6 +64,9 @@ def library():
     lib.fill_rows.restype = None
     lib.fill_rows.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
                               ctypes.c_uint32, ctypes.c_uint32, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
+    lib.checksum_rows.restype = None
+    lib.checksum_rows.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                                  ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
     return lib
 
 
@@ -88,6 +91,19 @@ def fill_rows(out, key: tuple[int, int], row0: int, col0: int, row_stride: int) 
         return
     table = table_tensor()
     lib.fill_rows(out.data_ptr(), rows, width, table.data_ptr(), key[0], key[1], row0, col0, row_stride)
+
+
+def checksum_rows(ints, row0: int, col0: int, row_stride: int) -> tuple[int, int] | None:
+    """(sum of v, sum of v * (index % 7 + 1)) of a contiguous rows x width int32 or int16 CPU tensor,
+    element (r, c) at index (row0 + r) * row_stride + col0 + c; None without a compiler."""
+    lib = library()
+    if lib is None:
+        return None
+    out = (ctypes.c_uint64 * 4)()
+    rows, width = ints.shape
+    lib.checksum_rows(ints.data_ptr(), ints.element_size(), rows, width, row0, col0, row_stride, out)
+    signed = lambda low, high: ((high << 64) | low) - ((high >> 63) << 128)
+    return signed(out[0], out[1]), signed(out[2], out[3])
 
 
 def noise_reference_from_key(key, index):
