@@ -78,8 +78,9 @@ class Bench:
         records = [coordinator.step(i) for i in range(config.num_iterations)]
         return records[1:]  # the first is warm-up
 
-    def plain_generate(self, pool, population: int, all_at_once: bool) -> float:
-        """tokens/s of vLLM generating the population's requests without ES, on the same engines."""
+    def plain_generate(self, pool, population: int, all_at_once: bool, depth: int = 1) -> float:
+        """tokens/s of vLLM generating the population's requests without ES, on the same engines.
+        depth 2 queues the next call on an engine while one runs, as ES dispatch does (PIPELINE_DEPTH)."""
         import ray
 
         prompts = [s["prompt"] for s in self.samples]
@@ -92,14 +93,19 @@ class Bench:
             if all_at_once:
                 refs = [e.submit("generate", prompts * n, sampling) for e, n in zip(engines, shares)]
                 outs = [c for r in ray.get(refs) for c in r]
-            else:  # one member's batch per call, engines in parallel, as ES dispatches them
-                outs, pending = [], {e.submit("generate", prompts, sampling): (e, n - 1) for e, n in zip(engines, shares) if n}
+            else:  # one member's batch per call, engines in parallel, `depth` calls queued per engine
+                outs, pending, left = [], {}, dict(enumerate(shares))
+                for i, engine in enumerate(engines):
+                    for _ in range(min(depth, left[i])):
+                        pending[engine.submit("generate", prompts, sampling)] = i
+                        left[i] -= 1
                 while pending:
                     [ref], _ = ray.wait(list(pending), num_returns=1)
-                    engine, left = pending.pop(ref)
+                    i = pending.pop(ref)
                     outs += ray.get(ref)
-                    if left:
-                        pending[engine.submit("generate", prompts, sampling)] = (engine, left - 1)
+                    if left[i]:
+                        pending[engines[i].submit("generate", prompts, sampling)] = i
+                        left[i] -= 1
             samples.append(sum(c["tokens"] for c in outs) / (time.perf_counter() - started))
         return statistics.median(samples)
 

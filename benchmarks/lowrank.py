@@ -3,6 +3,7 @@ antithetic pairs' ES efficiency.
 
     python -m benchmarks.lowrank                      # tiny and small, two shapes; part of `make bench`
     python -m benchmarks.lowrank --models tiny --shapes 2x100
+    python -m benchmarks.lowrank --shapes             # only the antithetic efficiency (keeps the rows)
 
 Per model and shape (prompts x new tokens per member, population 30, two engines, fixed-length
 outputs so every variant generates the same tokens), in one run: seconds per ES iteration full-rank
@@ -13,7 +14,9 @@ with `lowrank_speedup_over_full` and `lowrank_fraction_of_ceiling` per shape, an
 to write a member's adapters into vLLM's LoRA slots against a floor for the other route (saving and
 reading the same adapters as a file, before vLLM's own loading). Then the ES efficiency
 (ES tokens/s over plain vLLM tokens/s, one member's prompts per call) of the small model at 512
-tokens per member (16 prompts x 32), with and without antithetic pairs (`antithetic_efficiency`).
+tokens per member (16 prompts x 32), with and without antithetic pairs (`antithetic_efficiency`), each
+against plain generation (queued two calls deep per engine, as ES dispatches) measured in the same
+round, median of 3 rounds.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import statistics
 import time
 from pathlib import Path
 
-from benchmarks.es import Bench, start_pool
+from benchmarks.es import Bench, breakdown, start_pool
 
 SHAPES = {"2x100": (2, 100), "16x32": (16, 32)}  # the paper's conciseness shape, and a 16-prompt one
 
@@ -88,20 +91,41 @@ def compare(bench: Bench, model: str, population: int, engines: int) -> dict:
             "lowrank_slot_write_s_per_member": slot_write, "lowrank_file_route_floor_s_per_member": adapter_file_route_s(model)}
 
 
-def antithetic_efficiency(model: str, population: int, engines: int, iterations: int, device: str) -> dict:
-    """ES efficiency at 16 prompts x 32 tokens per member, without and with antithetic pairs."""
+def antithetic_efficiency(model: str, population: int, engines: int, iterations: int, device: str,
+                          rounds: int = 3) -> dict:
+    """ES efficiency at 16 prompts x 32 tokens per member, without and with antithetic pairs.
+
+    Each round measures plain generation and then both ES variants (their order alternating), and
+    each variant's efficiency is ES tokens/s over the same round's plain tokens/s: a shared machine's
+    speed drifts over minutes, and a ratio of figures taken minutes apart carries that drift. Plain
+    generation queues calls as ES dispatch does (two per engine), so neither waits on round trips."""
+    from engines.fleet import PIPELINE_DEPTH
+
     bench = Bench(iterations, 16, 32, device)
     pool = start_pool(bench, model, engines)
     try:
-        plain = bench.plain_generate(pool, population, all_at_once=False)
-        out = {"model": model, "population": population, "tokens_per_member": 512, "plain_tokens_per_s": plain}
-        for name, pairs in (("independent", False), ("antithetic", True)):
-            config = bench.config(population, engines, "vllm")
-            config.antithetic = pairs
-            records = bench.es_iterations(pool, config, fixed_length=True)
-            tps = statistics.median(r["tokens"] / r["time"]["iteration_s"] for r in records)
-            out[name] = {"es_tokens_per_s": tps, "efficiency": tps / plain,
-                         "iteration_s": statistics.median(r["time"]["iteration_s"] for r in records)}
+        per_round = {"plain_tokens_per_s": [], "independent": [], "antithetic": []}
+        for r in range(rounds):
+            plain = bench.plain_generate(pool, population, all_at_once=False, depth=PIPELINE_DEPTH)
+            per_round["plain_tokens_per_s"].append(plain)
+            for name in (("independent", "antithetic") if r % 2 == 0 else ("antithetic", "independent")):
+                config = bench.config(population, engines, "vllm")
+                config.antithetic = name == "antithetic"
+                records = bench.es_iterations(pool, config, fixed_length=True)
+                tps = statistics.median(x["tokens"] / x["time"]["iteration_s"] for x in records)
+                per_round[name].append({"efficiency": tps / plain, "es_tokens_per_s": tps,
+                                        "iteration_s": statistics.median(x["time"]["iteration_s"] for x in records),
+                                        # median seconds per phase; perturb_s and generate_s summed over engines
+                                        "breakdown": breakdown(records, engines)})
+        out = {"model": model, "population": population, "tokens_per_member": 512, "rounds": rounds,
+               "plain_tokens_per_s": statistics.median(per_round["plain_tokens_per_s"]), "per_round": per_round}
+        for name in ("independent", "antithetic"):
+            runs = per_round[name]
+            middle = sorted(runs, key=lambda x: x["efficiency"])[len(runs) // 2]
+            out[name] = {"efficiency": statistics.median(x["efficiency"] for x in runs),
+                         "efficiencies": [x["efficiency"] for x in runs],
+                         "iteration_s": statistics.median(x["iteration_s"] for x in runs),
+                         "breakdown": middle["breakdown"]}  # of the round with the median efficiency
         return out
     finally:
         pool.shutdown()
@@ -128,7 +152,8 @@ def markdown(rows: list[dict]) -> str:
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["tiny", "small"])
-    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--shapes", nargs="*", default=list(SHAPES), choices=list(SHAPES),
+                        help="none: only the antithetic figure; the low-rank rows of the last run are kept")
     parser.add_argument("--population", type=int, default=30)
     parser.add_argument("--engines", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=2, help="timed iterations per figure (after a warm-up)")
@@ -150,7 +175,12 @@ def main(argv=None) -> list[dict]:
         if args.antithetic_model else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    figures = {"date": time.strftime("%Y-%m-%d"), "rows": rows, "antithetic_efficiency": anti}
+    date = time.strftime("%Y-%m-%d")
+    figures = {"date": date, "rows": rows, "antithetic_efficiency": anti and {"date": date, **anti}}
+    if not args.shapes and (out / "lowrank.json").is_file():  # keep the rows (and their date) measured before
+        previous = json.loads((out / "lowrank.json").read_text())
+        figures.update(date=previous["date"], rows=previous["rows"])
+        rows = previous["rows"]
     (out / "lowrank.json").write_text(json.dumps(figures, indent=2))
     merge_into_results(out / "results.json", figures)
     print(markdown(rows))
@@ -161,7 +191,14 @@ def main(argv=None) -> list[dict]:
     if anti:
         print(f"ES efficiency, {anti['model']}, 512 tokens per member: independent members "
               f"{anti['independent']['efficiency']:.2f}, antithetic pairs {anti['antithetic']['efficiency']:.2f} "
-              f"(target >= 0.9); s/iter {anti['independent']['iteration_s']:.2f} -> {anti['antithetic']['iteration_s']:.2f}")
+              f"(target >= 0.9; median of {anti['rounds']} rounds: "
+              f"{', '.join(f'{e:.2f}' for e in anti['independent']['efficiencies'])} and "
+              f"{', '.join(f'{e:.2f}' for e in anti['antithetic']['efficiencies'])}); "
+              f"s/iter {anti['independent']['iteration_s']:.2f} -> {anti['antithetic']['iteration_s']:.2f}")
+        for name in ("independent", "antithetic"):
+            b = anti[name]["breakdown"]
+            print(f"  {name}: per iteration {b['iteration_s']:.2f} s; per engine: generate {b['generate_s'] / args.engines:.2f} s, "
+                  f"perturb {b['perturb_s'] / args.engines:.2f} s, update {b['update_s']:.2f} s, checksum {b['sync_s']:.2f} s")
     return rows
 
 
