@@ -23,6 +23,9 @@ VARIANTS = {
     "default": [],  # the paper's: z-scores, plain step, i.i.d. full-rank noise
     "antithetic": ["--antithetic"],
     "centered_rank": ["--shaping", "centered_rank"],
+    # Centered ranks have a standard deviation of 0.298 at N = 32 (z-scores: 1), so the same alpha
+    # takes steps 3.4x shorter; this one scales alpha to the z-score step.
+    "centered_rank_alpha_x3.4": ["--shaping", "centered_rank", "--alpha", "0.0034"],
     "adam": ["--optimizer", "adam", "--alpha", "0.0002"],  # alpha is Adam's per-element step here
     "lowrank_r1": ["--perturbation", "lowrank", "--rank", "1"],
     "lowrank_r4": ["--perturbation", "lowrank", "--rank", "4"],
@@ -34,7 +37,7 @@ VARIANTS = {
     "fixed_128": ["--data_sample", "128"],
 }
 
-REPORT = ["default", "antithetic", "centered_rank", "adam"]  # the README's comparison
+REPORT = ["default", "antithetic", "centered_rank", "centered_rank_alpha_x3.4", "adam"]  # the README's comparison
 
 
 def finished_run(argv: list[str], runs: Path) -> Path | None:
@@ -68,15 +71,16 @@ def run_variant(name: str, seed: int, iterations: int, eval_every: int, out: Pat
     from esvllm.runlog import read_metrics
 
     train = [record["reward_mean"] for record in read_metrics(run_dir)]
-    return {"evals": [{"iteration": e["iteration"], "accuracy": e["accuracy"], "reward": e["reward"]}
-                      for e in read_eval_log(run_dir)],
+    return {"evals": [{"iteration": e["iteration"], "accuracy": e["accuracy"], "reward": e["reward"],
+                       "sum_rate": e.get("sum_rate")} for e in read_eval_log(run_dir)],
             # mean over members of each iteration's batch, first and last 5 iterations
             "train_reward_first5": statistics.fmean(train[:5]), "train_reward_last5": statistics.fmean(train[-5:])}
 
 
 def table(results: dict) -> str:
     lines = ["| variant | flags | held-out accuracy before | after (mean ± sd over seeds) | change | per seed | "
-             "training reward, first 5 → last 5 iterations |", "|---|---|---|---|---|---|---|"]
+             "right sums (any format), before → after | training reward, first 5 → last 5 iterations |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, runs in results.items():
         before = [r["evals"][0]["accuracy"] for r in runs]
         after = [r["evals"][-1]["accuracy"] for r in runs]
@@ -85,9 +89,18 @@ def table(results: dict) -> str:
         lines.append(f"| {name} | `{' '.join(VARIANTS[name]) or '(the paper’s)'}` | {statistics.fmean(before):.3f} | "
                      f"{statistics.fmean(after):.3f} ± {spread:.3f} | {statistics.fmean(change):+.3f} | "
                      + ", ".join(f"{b:.3f}→{a:.3f}" for b, a in zip(before, after)) + " | "
+                     + _sums(runs) + " | "
                      + f"{statistics.fmean(r['train_reward_first5'] for r in runs):.3f} → "
                      + f"{statistics.fmean(r['train_reward_last5'] for r in runs):.3f} |")
     return "\n".join(lines)
+
+
+def _sums(runs: list[dict]) -> str:
+    """Mean held-out sum_rate before → after, when the task records it."""
+    if any(r["evals"][0].get("sum_rate") is None for r in runs):
+        return "n/a"
+    return (f"{statistics.fmean(r['evals'][0]['sum_rate'] for r in runs):.3f} → "
+            f"{statistics.fmean(r['evals'][-1]['sum_rate'] for r in runs):.3f}")
 
 
 def plot(results: dict, path: Path) -> None:

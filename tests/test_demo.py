@@ -92,12 +92,15 @@ def test_a_run_leaves_the_baseline_and_per_sample_records_that_recompute(tmp_pat
                     "--batch_size", "8", "--population_size", "4", "--output_dir", str(tmp_path)])
     evals = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
     assert [e["iteration"] for e in evals] == [0, 2]
-    assert all({"reward", "accuracy", "format_rate", "samples"} <= set(e) and e["samples"] == 16 for e in evals)
-    for iteration in (0, 2):
+    assert all({"reward", "accuracy", "format_rate", "sum_rate", "samples"} <= set(e) and e["samples"] == 16 for e in evals)
+    for iteration, summary in zip((0, 2), evals):
         rows = [json.loads(line) for line in (run_dir / "eval" / f"iter_{iteration:06d}.jsonl").read_text().splitlines()]
         assert len(rows) == 16
         for row in rows:
             again = addition_reward(row["completion"], row["sample"])
-            assert (again["reward"], again["answer"], again["format"]) == (row["reward"], row["answer"], row["format"])
+            assert {k: again[k] for k in ("reward", "answer", "format", "sum")} == \
+                {k: row[k] for k in ("reward", "answer", "format", "sum")}
+        for key, component in (("accuracy", "answer"), ("format_rate", "format"), ("sum_rate", "sum")):
+            assert summary[key] == pytest.approx(sum(r[component] for r in rows) / 16)
             assert row["prompt"] == f"{row['sample']['numbers'][0]}+{row['sample']['numbers'][1]}="
     assert (run_dir / "rewards.png").stat().st_size > 0
