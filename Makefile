@@ -70,7 +70,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.es --device $(DEVICE) --out bench
 	$(PY) -m benchmarks.lowrank --device $(DEVICE) --out bench
 
-# ES options on the demo task (4 variants x 3 seeds x 50 iterations, about 40 minutes on 2 cores;
+# ES options on the demo task (5 variants x 3 seeds x 50 iterations, about 47 minutes on 2 cores;
 # runs already finished under runs/variants are reused).
 bench-variants: $(STAMP)
 	$(PY) -m benchmarks.variants --out bench
