@@ -1,6 +1,6 @@
 """`make bench-variants`: ES options and low-rank mode on the demo task, same budget, several seeds.
 
-    python -m benchmarks.variants                                  # the report's four variants, seeds 1 2 3
+    python -m benchmarks.variants                                  # the README's five variants, seeds 1 2 3
     python -m benchmarks.variants --variants default antithetic --seeds 1 --iterations 40
 
 Each variant is the demo experiment (experiments/demo.toml: the pre-trained `adder`, addition problems,

@@ -120,8 +120,9 @@ def summarize(rows: list[dict]) -> dict:
 
     summary = {"reward": statistics.fmean(r["reward"] for r in rows), "accuracy": mean_of("answer"),
                "format_rate": mean_of("format"), "samples": len(rows)}
-    if mean_of("sum") is not None:
-        summary["sum_rate"] = mean_of("sum")
+    sum_rate = mean_of("sum")
+    if sum_rate is not None:
+        summary["sum_rate"] = sum_rate
     return summary
 
 
