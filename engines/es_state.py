@@ -25,8 +25,8 @@ from typing import Callable
 import torch
 
 from engines.optimizer import OPTIMIZER_FILE, Optimizer
+from esvllm import noise_cpu
 from esvllm.noise import check_sigma, fill_noise_rows, philox_key
-from esvllm.noise_cpu import checksum_rows
 
 CHECKPOINT_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                     "special_tokens_map.json", "vocab.json", "merges.txt", "chat_template.jinja")
@@ -132,9 +132,13 @@ class ESState:
                 perturb_rows(as_rows(dst), as_rows(master), self._key(seed, name), signed_sigma, *self._where(name))
                 return
             if buffer is None:
-                eps = self._draw(self._eps[: master.numel()].view(master.shape), seed, name)
+                eps, draw = self._eps[: master.numel()].view(master.shape), True
             else:
-                eps = self._cached_noise(buffer, seed, name, master.shape, fill=fill)
+                eps, draw = self._cached_noise(buffer, name, master.shape), fill
+            if draw and self._perturb_fused(eps, master, dst, seed, name, signed_sigma):
+                return
+            if draw:
+                self._draw(eps, seed, name)
             self._add_noise(master, eps, signed_sigma, dst, self._delta)
 
         try:
@@ -222,7 +226,7 @@ class ESState:
             where = self._slices[name]
             fast = None  # the C kernel: the same sums, about 20x faster on CPU
             if not self._cuda and ints.is_contiguous():
-                fast = checksum_rows(ints, where.row0, where.col0, where.row_stride)
+                fast = noise_cpu.checksum_rows(ints, where.row0, where.col0, where.row_stride)
             parts[name] = fast or self._checksum_torch(ints, where)
         return parts
 
@@ -283,14 +287,16 @@ class ESState:
             combine_rows(as_rows(delta), [self._key(s, name) for s, _ in pairs], [c for _, c in pairs],
                          *self._where(name))
             return
+        # Noise this engine's perturb drew is kept: the same values, bit for bit.
+        kept = [self._cache.get(seed, self._mirror[1] if seed == self._mirror[0] else None) for seed, _ in pairs]
+        kept = [None if k is None else self._cached_noise(k, name, delta.shape) for k in kept]
+        terms = [(self._key(seed, name), coeff, k) for (seed, coeff), k in zip(pairs, kept)]
+        if delta.is_contiguous() and noise_cpu.combine_rows(as_rows(delta), terms, *self._where(name)):
+            return  # the C kernel: every term added while a block of delta is in cache
         delta.zero_()
         eps = self._eps[: delta.numel()].view(delta.shape)
-        for seed, coeff in pairs:
-            kept = self._cache.get(seed, self._mirror[1] if seed == self._mirror[0] else None)
-            if kept is not None:  # drawn by this engine's perturb: the same values, bit for bit
-                delta.add_(self._cached_noise(kept, seed, name, delta.shape), alpha=coeff)
-            else:
-                delta.add_(self._draw(eps, seed, name), alpha=coeff)
+        for (seed, coeff), k in zip(pairs, kept):
+            delta.add_(k if k is not None else self._draw(eps, seed, name), alpha=coeff)
 
     def _cache_buffer(self) -> torch.Tensor | None:
         """A buffer for one member's noise, or None when the budget is spent."""
@@ -302,10 +308,18 @@ class ESState:
             return None
         return buffer
 
-    def _cached_noise(self, buffer, seed, name, shape, fill=False) -> torch.Tensor:
+    def _cached_noise(self, buffer, name, shape) -> torch.Tensor:
+        """Tensor `name`'s part of a member's noise buffer."""
         start, end = self._offsets[name]
-        eps = buffer[start:end].view(shape)
-        return self._draw(eps, seed, name) if fill else eps
+        return buffer[start:end].view(shape)
+
+    def _perturb_fused(self, eps, master, dst, seed, name, sigma) -> bool:
+        """eps := eps(seed, name) and dst := master + sigma * eps in one pass (the CPU kernel, float32
+        and contiguous only); False when it does not apply."""
+        if not (dst.dtype == master.dtype == torch.float32 and dst.is_contiguous() and master.is_contiguous()):
+            return False
+        return noise_cpu.perturb_rows(as_rows(eps), as_rows(master), as_rows(dst), sigma, self._key(seed, name),
+                                      *self._where(name))
 
     @staticmethod
     def _add_noise(master, eps, sigma, dst, scratch):

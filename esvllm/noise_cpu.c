@@ -4,9 +4,11 @@
  *   out[r * width + c] = eps at element (row0 + r) * row_stride + col0 + c.
  * Every operation is integer arithmetic or one int -> float conversion, so the values are the
  * same bits as the torch reference and the CUDA kernel, whatever instructions the compiler picks.
- * The loops are written so that the compiler can vectorize them (batches of BATCH counters).
+ * With AVX2 both run 8 lanes at once in intrinsics (the compiler does not vectorize the table map);
+ * elsewhere the portable loops below run, with the same bits.
  * Built by esvllm/noise_cpu.py. */
 #include <stdint.h>
+#include <math.h>
 #include <string.h>
 
 #define M0 0xD2511F53u
@@ -59,21 +61,201 @@ static inline float to_normal(uint32_t u, const int32_t *table) {
     return value;
 }
 
+/* The table as 64-bit pairs for one gather per node: low word near - far, high word far. */
+#define TABLE_SIZE ((32 - K) * (1 << K) + 1)
+static void pair_table(const int32_t *table, uint64_t *pairs) {
+    for (int i = 0; i + 1 < TABLE_SIZE; i++)
+        pairs[i] = (uint64_t)((uint32_t)table[i] - (uint32_t)table[i + 1]) | ((uint64_t)(uint32_t)table[i + 1] << 32);
+}
+
+#ifdef __AVX2__
+#include <immintrin.h>
+
+/* The same two functions on 8 lanes at once (AVX2): Philox of 8 consecutive blocks, then the table
+ * map of 8 values. Integer operations and the one int -> float conversion only, so every lane
+ * computes exactly what the scalar code above computes (tests compare the two builds). */
+
+/* hi and lo 32-bit words of a * m, lane by lane. */
+static inline void mulhilo8(__m256i a, __m256i m, __m256i *hi, __m256i *lo) {
+    __m256i even = _mm256_mul_epu32(a, m);                          /* lanes 0, 2, 4, 6 as 64 bits */
+    __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);    /* lanes 1, 3, 5, 7 */
+    *hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+    *lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+}
+
+/* The 32 random words of blocks block..block+7 in element order (u[4 * j + lane]). */
+static void philox8(uint64_t block, uint32_t key0, uint32_t key1, uint32_t *u) {
+    __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32((int)(uint32_t)block), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    __m256i c1 = _mm256_set1_epi32((int)(uint32_t)(block >> 32)), c2 = _mm256_setzero_si256(), c3 = c2;
+    const __m256i m0 = _mm256_set1_epi32((int)M0), m1 = _mm256_set1_epi32((int)M1);
+    uint32_t k0 = key0, k1 = key1;
+    for (int r = 0; r < 10; r++) {
+        if (r) { k0 += W0; k1 += W1; }
+        __m256i hi0, lo0, hi1, lo1;
+        mulhilo8(c0, m0, &hi0, &lo0);
+        mulhilo8(c2, m1, &hi1, &lo1);
+        c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), _mm256_set1_epi32((int)k0));
+        c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), _mm256_set1_epi32((int)k1));
+        c1 = lo1;
+        c3 = lo0;
+    }
+    /* 4 x 8 transpose: lanes of a block next to each other. */
+    __m256 a = _mm256_castsi256_ps(c0), b = _mm256_castsi256_ps(c1);
+    __m256 c = _mm256_castsi256_ps(c2), d = _mm256_castsi256_ps(c3);
+    __m256 t0 = _mm256_unpacklo_ps(a, b), t1 = _mm256_unpackhi_ps(a, b);
+    __m256 t2 = _mm256_unpacklo_ps(c, d), t3 = _mm256_unpackhi_ps(c, d);
+    __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    _mm256_storeu_ps((float *)u, _mm256_permute2f128_ps(s0, s1, 0x20));
+    _mm256_storeu_ps((float *)u + 8, _mm256_permute2f128_ps(s2, s3, 0x20));
+    _mm256_storeu_ps((float *)u + 16, _mm256_permute2f128_ps(s0, s1, 0x31));
+    _mm256_storeu_ps((float *)u + 24, _mm256_permute2f128_ps(s2, s3, 0x31));
+}
+
+/* far + ((near - far) * width_left >> shift) of 4 lanes (64-bit lanes, low word kept). */
+static inline __m256i interpolate4(const uint64_t *pairs, __m128i index, __m128i width_left, __m128i shift) {
+    __m256i pair = _mm256_i32gather_epi64((const long long *)pairs, index, 8);
+    __m256i step = _mm256_srlv_epi64(_mm256_mul_epu32(pair, _mm256_cvtepu32_epi64(width_left)),
+                                     _mm256_cvtepu32_epi64(shift));
+    return _mm256_add_epi32(step, _mm256_srli_epi64(pair, 32));
+}
+
+static inline __m256 to_normal8(__m256i u, const uint64_t *pairs) {
+    const __m256i low31 = _mm256_set1_epi32(0x7FFFFFFF), zero = _mm256_setzero_si256();
+    const __m256i eight = _mm256_set1_epi32(K + 1), one = _mm256_set1_epi32(1);
+    __m256i t = _mm256_andnot_si256(u, low31);  /* 0x7FFFFFFF - (u & 0x7FFFFFFF) */
+    /* Bit length of t from a float's exponent: convert t >> 8 (or t itself when that is 0), both
+     * below 2**23 and so exact; an exact conversion's exponent is floor(log2). */
+    __m256i high = _mm256_srli_epi32(t, 8);
+    __m256i has_high = _mm256_xor_si256(_mm256_cmpeq_epi32(high, zero), _mm256_set1_epi32(-1));
+    __m256i v = _mm256_blendv_epi8(t, high, has_high);
+    __m256i exponent = _mm256_srli_epi32(_mm256_castps_si256(_mm256_cvtepi32_ps(v)), 23);
+    __m256i length = _mm256_sub_epi32(exponent, _mm256_set1_epi32(126));          /* floor(log2 v) + 1 */
+    length = _mm256_add_epi32(length, _mm256_and_si256(has_high, eight));
+    length = _mm256_max_epi32(length, zero);                                       /* t == 0: 0 */
+    __m256i shift = _mm256_max_epi32(_mm256_sub_epi32(length, eight), zero);
+    __m256i far_index = _mm256_add_epi32(_mm256_slli_epi32(_mm256_sub_epi32(length, eight), K),
+                                         _mm256_srlv_epi32(t, shift));
+    __m256i index = _mm256_blendv_epi8(t, far_index, _mm256_cmpgt_epi32(length, eight));
+    __m256i width = _mm256_sllv_epi32(one, shift);
+    __m256i width_left = _mm256_sub_epi32(width, _mm256_and_si256(t, _mm256_sub_epi32(width, one)));
+    __m256i lo = interpolate4(pairs, _mm256_castsi256_si128(index), _mm256_castsi256_si128(width_left),
+                              _mm256_castsi256_si128(shift));
+    __m256i hi = interpolate4(pairs, _mm256_extracti128_si256(index, 1), _mm256_extracti128_si256(width_left, 1),
+                              _mm256_extracti128_si256(shift, 1));
+    const __m256i words = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);  /* the low word of each 64-bit lane */
+    __m256i fixed = _mm256_blend_epi32(_mm256_permutevar8x32_epi32(lo, words),
+                                       _mm256_permutevar8x32_epi32(hi, words), 0xF0);
+    __m256 value = _mm256_mul_ps(_mm256_cvtepi32_ps(fixed), _mm256_set1_ps(1.0f / 134217728.0f));
+    __m256i sign = _mm256_and_si256(u, _mm256_set1_epi32((int)0x80000000u));
+    return _mm256_castsi256_ps(_mm256_xor_si256(_mm256_castps_si256(value), sign));
+}
+#endif
+
+/* out[i] = the table map of u[i], i < n (the map alone: tests feed it chosen bit patterns). */
+static void map_words(const uint32_t *u, int64_t n, const int32_t *table, const uint64_t *pairs, float *out) {
+    int64_t i = 0;
+#ifdef __AVX2__
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(out + i, to_normal8(_mm256_loadu_si256((const __m256i *)(u + i)), pairs));
+#else
+    (void)pairs;
+#endif
+    for (; i < n; i++) out[i] = to_normal(u[i], table);
+}
+
+void bits_to_normal(const uint32_t *u, int64_t n, const int32_t *table, float *out) {
+    uint64_t pairs[TABLE_SIZE];
+    pair_table(table, pairs);
+    map_words(u, n, table, pairs, out);
+}
+
+/* The random words of the 4 * BATCH elements from block `block` on. */
+static void philox_words(uint64_t block, uint32_t k0, uint32_t k1, uint32_t *u) {
+#ifdef __AVX2__
+    if ((uint32_t)block <= 0xFFFFFFFFu - BATCH) {  /* no carry into the block's high word */
+        for (int j = 0; j < BATCH; j += 8) philox8(block + (uint64_t)j, k0, k1, u + 4 * j);
+        return;
+    }
+#endif
+    philox_batch(block, k0, k1, u);
+}
+
+/* Noise of elements lo..hi (hi - lo <= 4 * BATCH) of the batch that starts at element `start`. */
+static inline void draw_segment(int64_t start, int64_t lo, int64_t hi, uint32_t k0, uint32_t k1,
+                                const int32_t *table, const uint64_t *pairs, uint32_t *u, float *out) {
+    philox_words((uint64_t)(start >> 2), k0, k1, u);
+    map_words(u + (lo - start), hi - lo, table, pairs, out);
+}
+
+/* acc[i] = fma(c, x[i], acc[i]): one rounding, the same bits on every machine (torch's vectorized
+ * add with alpha computes the same fused form). */
+static inline void fma_into(float *acc, const float *x, float c, const float *base, int64_t n) {
+    int64_t i = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+    __m256 cv = _mm256_set1_ps(c);
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(cv, _mm256_loadu_ps(x + i), _mm256_loadu_ps(base + i)));
+#endif
+    for (; i < n; i++) acc[i] = fmaf(c, x[i], base[i]);
+}
+
+/* Walks the rows x width block at element (row0 + r) * row_stride + col0 + c in batches:
+ * `at` is the offset of the segment in the block, [lo, hi) its element indices. */
+#define FOR_EACH_SEGMENT(rows, width, row0, col0, row_stride, BODY)                                   \
+    for (int64_t r = 0; r < (rows); r++) {                                                           \
+        int64_t first = ((row0) + r) * (row_stride) + (col0), last = first + (width);                \
+        for (int64_t start = first & ~(int64_t)3; start < last; start += 4 * BATCH) {                 \
+            int64_t lo = start < first ? first : start;                                              \
+            int64_t hi = start + 4 * BATCH < last ? start + 4 * BATCH : last;                        \
+            int64_t at = r * (width) + (lo - first);                                                 \
+            BODY                                                                                     \
+        }                                                                                            \
+    }
+
 void fill_rows(float *out, int64_t rows, int64_t width, const int32_t *table, uint32_t k0, uint32_t k1,
                int64_t row0, int64_t col0, int64_t row_stride) {
     uint32_t u[4 * BATCH];
-    for (int64_t r = 0; r < rows; r++) {
-        int64_t first = (row0 + r) * row_stride + col0, last = first + width;  /* element indices */
-        float *dst = out + r * width;
-        for (int64_t start = first & ~(int64_t)3; start < last; start += 4 * BATCH) {
-            philox_batch((uint64_t)(start >> 2), k0, k1, u);
-            int64_t lo = start < first ? first : start;
-            int64_t hi = start + 4 * BATCH < last ? start + 4 * BATCH : last;
-            const uint32_t *bits = u + (lo - start);
-            float *to = dst + (lo - first);
-            for (int64_t i = 0; i < hi - lo; i++) to[i] = to_normal(bits[i], table);
+    uint64_t pairs[TABLE_SIZE];
+    pair_table(table, pairs);
+    FOR_EACH_SEGMENT(rows, width, row0, col0, row_stride, {
+        draw_segment(start, lo, hi, k0, k1, table, pairs, u, out + at);
+    })
+}
+
+/* eps := the noise (as fill_rows) and, in the same pass, dst := fma(sigma, eps, master): a member's
+ * weights written while its noise is still in cache. */
+void perturb_rows(float *eps, const float *master, float *dst, float sigma, int64_t rows, int64_t width,
+                  const int32_t *table, uint32_t k0, uint32_t k1, int64_t row0, int64_t col0, int64_t row_stride) {
+    uint32_t u[4 * BATCH];
+    uint64_t pairs[TABLE_SIZE];
+    pair_table(table, pairs);
+    FOR_EACH_SEGMENT(rows, width, row0, col0, row_stride, {
+        draw_segment(start, lo, hi, k0, k1, table, pairs, u, eps + at);
+        fma_into(dst + at, eps + at, sigma, master + at, hi - lo);
+    })
+}
+
+/* delta := sum over k < n, in order, of coeffs[k] * eps_k, each term added with one rounding
+ * (acc = fma(coeff, eps, acc), from 0). eps_k is read from kept[k] when that is not NULL (the same
+ * bits, drawn earlier), else drawn with key (keys[2k], keys[2k+1]). One pass over delta: every term
+ * of a batch is added while the batch is in cache. */
+void combine_rows(float *delta, int64_t rows, int64_t width, const int32_t *table, int64_t n,
+                  const uint32_t *keys, const float *coeffs, const float *const *kept,
+                  int64_t row0, int64_t col0, int64_t row_stride) {
+    uint32_t u[4 * BATCH];
+    float eps[4 * BATCH];
+    uint64_t pairs[TABLE_SIZE];
+    pair_table(table, pairs);
+    FOR_EACH_SEGMENT(rows, width, row0, col0, row_stride, {
+        float *acc = delta + at;
+        memset(acc, 0, (size_t)(hi - lo) * sizeof(float));
+        for (int64_t k = 0; k < n; k++) {
+            const float *x = kept[k] ? kept[k] + at : eps;
+            if (!kept[k]) draw_segment(start, lo, hi, keys[2 * k], keys[2 * k + 1], table, pairs, u, eps);
+            fma_into(acc, x, coeffs[k], acc, hi - lo);
         }
-    }
+    })
 }
 
 /* The engines' weight checksum (engines/es_state.py, checksum_parts) over a rows x width block of

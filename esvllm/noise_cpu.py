@@ -1,6 +1,8 @@
-"""The CPU kernels: esvllm/noise_cpu.c (the noise, and the engines' weight checksum), compiled once
-with the system C compiler and called through ctypes (which releases the GIL). Without a compiler
-the torch reference computes the same bits, many times slower (a warning says so).
+"""The CPU kernels: esvllm/noise_cpu.c (the noise; a member's weights written while its noise is
+drawn; the update's sum of many members' noise in one pass; the engines' weight checksum), compiled
+once with the system C compiler and called through ctypes (which releases the GIL). With AVX2 the
+noise runs 8 lanes at once in intrinsics, elsewhere in portable C; both give the same bits (tested).
+Without a compiler the torch code computes the same noise, many times slower (a warning says so).
 
 The library is cached in $ESVLLM_CACHE/kernels (default ~/.cache/esvllm/kernels), named by a
 digest of the source and flags, and written atomically, so concurrent engines never load a
@@ -27,6 +29,7 @@ SOURCE = Path(__file__).with_name("noise_cpu.c")
 # -march=native: the values are integer arithmetic, the same bits whatever vector instructions are
 # used; no fast-math, so the one int -> float conversion stays exact.
 FLAGS = ["-O3", "-funroll-loops", "-march=native", "-fPIC", "-shared", "-fno-fast-math"]
+LIBS = ["-lm"]  # fmaf, where the processor has no FMA instruction
 
 
 def cpu_flags() -> str:
@@ -51,22 +54,32 @@ def library():
     if compiler is None:
         logger.warning("no C compiler: ES noise on CPU uses the torch reference (same values, much slower)")
         return None
+    return build(compiler, FLAGS)
+
+
+def build(compiler: str, flags: list[str]):
+    """The kernel compiled with `flags` (cached by a digest of source, flags and processor), loaded."""
     source = SOURCE.read_bytes()
-    tag = hashlib.sha256(source + " ".join(FLAGS).encode() + cpu_flags().encode()).hexdigest()[:16]
+    tag = hashlib.sha256(source + " ".join(flags + LIBS).encode() + cpu_flags().encode()).hexdigest()[:16]
     target = cache_dir() / f"noise_cpu-{tag}.so"
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
             built = Path(scratch) / target.name
-            subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built)], check=True, capture_output=True)
+            subprocess.run([compiler, *flags, str(SOURCE), "-o", str(built), *LIBS], check=True, capture_output=True)
             os.replace(built, target)
     lib = ctypes.CDLL(str(target))
-    lib.fill_rows.restype = None
-    lib.fill_rows.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
-                              ctypes.c_uint32, ctypes.c_uint32, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
-    lib.checksum_rows.restype = None
-    lib.checksum_rows.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
-                                  ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    i64, u32, ptr = ctypes.c_int64, ctypes.c_uint32, ctypes.c_void_p
+    signatures = {
+        "fill_rows": [ptr, i64, i64, ptr, u32, u32, i64, i64, i64],
+        "perturb_rows": [ptr, ptr, ptr, ctypes.c_float, i64, i64, ptr, u32, u32, i64, i64, i64],
+        "combine_rows": [ptr, i64, i64, ptr, i64, ptr, ptr, ptr, i64, i64, i64],
+        "bits_to_normal": [ptr, i64, ptr, ptr],
+        "checksum_rows": [ptr, ctypes.c_int32, i64, i64, i64, i64, i64, ptr],
+    }
+    for name, argtypes in signatures.items():
+        function = getattr(lib, name)
+        function.restype, function.argtypes = None, argtypes
     return lib
 
 
@@ -91,6 +104,37 @@ def fill_rows(out, key: tuple[int, int], row0: int, col0: int, row_stride: int) 
         return
     table = table_tensor()
     lib.fill_rows(out.data_ptr(), rows, width, table.data_ptr(), key[0], key[1], row0, col0, row_stride)
+
+
+def perturb_rows(eps, master, dst, sigma: float, key: tuple[int, int], row0: int, col0: int, row_stride: int) -> bool:
+    """eps := the noise block (as fill_rows) and dst := master + sigma * eps (one rounding), in one pass.
+    All three contiguous float32 CPU tensors of eps's (rows, width) shape. False (nothing done)
+    without a compiler."""
+    lib = library()
+    if lib is None:
+        return False
+    rows, width = eps.shape
+    lib.perturb_rows(eps.data_ptr(), master.data_ptr(), dst.data_ptr(), sigma, rows, width, table_tensor().data_ptr(),
+                     key[0], key[1], row0, col0, row_stride)
+    return True
+
+
+def combine_rows(delta, terms: list[tuple[tuple[int, int], float, object]], row0: int, col0: int,
+                 row_stride: int) -> bool:
+    """delta (contiguous float32, rows x width) := sum of coeff * eps over `terms` (key, coeff, kept),
+    in order, each term added with one rounding; eps is read from `kept` (a tensor of delta's size
+    holding that noise) or, when kept is None, drawn. False (nothing done) without a compiler."""
+    lib = library()
+    if lib is None:
+        return False
+    n = len(terms)
+    keys = (ctypes.c_uint32 * (2 * n))(*[w for key, _, _ in terms for w in key])
+    coeffs = (ctypes.c_float * n)(*[coeff for _, coeff, _ in terms])
+    kept = (ctypes.c_void_p * n)(*[None if k is None else k.data_ptr() for _, _, k in terms])
+    rows, width = delta.shape
+    lib.combine_rows(delta.data_ptr(), rows, width, table_tensor().data_ptr(), n, keys, coeffs, kept,
+                     row0, col0, row_stride)
+    return True
 
 
 def checksum_rows(ints, row0: int, col0: int, row_stride: int) -> tuple[int, int] | None:
