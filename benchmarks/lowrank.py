@@ -4,6 +4,7 @@ antithetic pairs' ES efficiency.
     python -m benchmarks.lowrank                      # tiny and small, two shapes; part of `make bench`
     python -m benchmarks.lowrank --models tiny --shapes 2x100
     python -m benchmarks.lowrank --shapes             # only the antithetic efficiency (keeps the rows)
+    python -m benchmarks.lowrank --shapes --rounds 5  # the same, 5 rounds (about 14 minutes)
 
 Per model and shape (prompts x new tokens per member, population 30, two engines, fixed-length
 outputs so every variant generates the same tokens), in one run: seconds per ES iteration full-rank
@@ -16,7 +17,7 @@ reading the same adapters as a file, before vLLM's own loading). Then the ES eff
 (ES tokens/s over plain vLLM tokens/s, one member's prompts per call) of the small model at 512
 tokens per member (16 prompts x 32), with and without antithetic pairs (`antithetic_efficiency`), each
 against plain generation (queued two calls deep per engine, as ES dispatches) measured in the same
-round, median of 3 rounds.
+round, median of 3 rounds (`--rounds`).
 """
 
 from __future__ import annotations
@@ -159,6 +160,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--iterations", type=int, default=2, help="timed iterations per figure (after a warm-up)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--antithetic_model", default="small", help="model of the antithetic efficiency figure ('' skips it)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the antithetic efficiency figure (median reported)")
     parser.add_argument("--out", default="bench")
     args = parser.parse_args(argv)
     from engines.pool import init_ray
@@ -171,7 +173,7 @@ def main(argv=None) -> list[dict]:
             started = time.perf_counter()
             rows.append(compare(Bench(args.iterations, prompts, tokens, args.device), model, args.population, args.engines))
             print(f"{model} {shape}: {time.perf_counter() - started:.0f} s", flush=True)
-    anti = antithetic_efficiency(args.antithetic_model, 16, args.engines, args.iterations, args.device) \
+    anti = antithetic_efficiency(args.antithetic_model, 16, args.engines, args.iterations, args.device, args.rounds) \
         if args.antithetic_model else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
