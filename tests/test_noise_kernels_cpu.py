@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from esvllm import noise_cpu
-from esvllm.noise import bits_to_normal_reference, noise, philox_key
+from esvllm.noise import bits_to_normal_reference, noise, noise_reference, philox_key
 
 NAME = "model.layers.0.mlp.down_proj.weight"
 
@@ -68,8 +68,6 @@ def test_blocks_past_two_to_the_32_carry_into_the_counters_high_word(builds):
     # Element 2**34 - 8 is block 2**32 - 2: a batch from there crosses into the high word.
     start = 2**34 - 40
     got = {b: fill(builds[b], 1, 300, philox_key(1, NAME), 0, start, 0) for b in builds}
-    from esvllm.noise import noise_reference
-
     want = noise_reference(1, NAME, torch.arange(start, start + 300))
     for name, out in got.items():
         assert torch.equal(out.view(-1), want), name
