@@ -100,6 +100,7 @@ class ESState:
             "master_bytes": sum(v.numel() * v.element_size() for v in self._master.values()),
             "device": str(self._device),
             "noise_cache_slots": self._cache_slots,
+            **({"noise_kernel": "triton"} if self._cuda else noise_cpu.describe()),
         }
 
     # ---- the verbs --------------------------------------------------------------------------------

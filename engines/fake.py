@@ -8,6 +8,8 @@ weights do and is the same on every engine holding the same weights.
 Test hook: `die_on_call` (from EngineOptions.die_on_call; for a whole run ESVLLM_FAKE_DIE_ON_CALL,
 e.g. "1:3" or "1:apply_update:2") makes the engine's process exit at its k-th call, counting `rpc`
 and `generate` calls (a rollout is one of each), or only the RPCs of the named method.
+ESVLLM_FAKE_CORRUPT="1:2" makes engine 1 add 1e-3 to one weight after its 2nd update, as a kernel
+that computed a wrong value would (the engines then disagree).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ class FakeEngineActor(EngineActorBase):
         self.es.restore()
         self.die_on_call = options.get("die_on_call")  # (method or None, k)
         self.calls = 0
+        self.corrupt_at = corrupt_spec(index)  # the update after which this engine corrupts a weight
+        self.updates = 0
         self.info = self.es.info()
         self.describe(index, started, backend="fake")
 
@@ -58,7 +62,12 @@ class FakeEngineActor(EngineActorBase):
         if method == "read_weights":
             names = args[0] if args else None
             return {n: self.weights[n].float().clone() for n in names or list(self.weights)}
-        return getattr(self.es, method)(*args)
+        result = getattr(self.es, method)(*args)
+        if method == "apply_update":
+            self.updates += 1
+            if self.updates == self.corrupt_at:
+                next(iter(self.es.tensors().values())).view(-1)[0] += 1e-3
+        return result
 
     def generate(self, prompts: list[str], sampling: dict) -> list[dict]:
         self._count_call("generate")
@@ -74,3 +83,10 @@ class FakeEngineActor(EngineActorBase):
             text = "".join(ALPHABET[b % len(ALPHABET)] for b in stream[1 : length + 1])
             completions.append({"text": text, "tokens": min(length + 1, limit)})  # + EOS when it stopped
         return completions
+
+
+def corrupt_spec(index: int) -> int | None:
+    """The update count after which engine `index` corrupts a weight (ESVLLM_FAKE_CORRUPT="index:k")."""
+    spec = os.environ.get("ESVLLM_FAKE_CORRUPT", "")
+    target, _, k = spec.partition(":")
+    return int(k) if spec and int(target) == index else None

@@ -27,6 +27,9 @@ PLACEMENT_TIMEOUT_S = 120
 
 QUIET_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
              "TQDM_DISABLE": "1"}
+# The driver's choices that the engines' processes must see too (Ray's workers keep the environment
+# Ray started with): the CPU kernel level cap, the kernel cache, and the tests' fault injection.
+FORWARDED_ENV = ("ESVLLM_CPU_KERNEL", "ESVLLM_KERNEL_FAULT", "ESVLLM_CACHE", "ESVLLM_FAKE_CORRUPT")
 
 
 class EngineDiedError(RuntimeError):
@@ -264,7 +267,7 @@ class EnginePool:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         path = model_path or self.model_path
-        env = dict(QUIET_ENV)
+        env = {**QUIET_ENV, **{k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}}
         if self.options.device == "cpu":
             env["VLLM_CPU_OMP_THREADS_BIND"] = engine_cores(self.options)[index]
             resources = {"num_cpus": 0.01}

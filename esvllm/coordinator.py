@@ -19,7 +19,7 @@ import random
 import time
 from pathlib import Path
 
-from engines.fleet import NoEngineLeft
+from engines.fleet import EnginesDisagree, NoEngineLeft
 from esvllm import checkpoint
 from esvllm.es import ask, optimizer_settings, scheduled, tell
 from esvllm.eval import first_set
@@ -75,8 +75,17 @@ class Coordinator:
             raise NoEngineLeft(f"{exc}; {self.fleet.log.committed} iterations done, checkpoint saved: {path}") from exc
         except RewardFailed as exc:
             path = self.save()
-            raise RewardFailed(f"{exc}; {self.fleet.log.committed} iterations done, checkpoint saved: {path}") \
-                from exc.__cause__
+            raise RewardFailed(f"{exc} (first error: {exc.__cause__!r}); {self.fleet.log.committed} iterations "
+                               f"done, checkpoint saved: {path}") from exc.__cause__
+        except EnginesDisagree as exc:
+            # No engine's weights are trusted now: the checkpoint holds the last exported weights and
+            # the update log up to the last committed iteration, which replays on any correct engine.
+            path = self.save(with_weights=False)
+            where = f"{self.run_dir}/engines.json" if self.run_dir else "engines.json"
+            raise EnginesDisagree(
+                f"{exc}. The engines computed different weights from the same update; see {where} for each "
+                f"engine's kernel level and CPU. Checkpoint of the last state they agreed on: {path} "
+                f"({self.fleet.log.committed} iterations); continue with --resume {self.run_dir}") from None
         return self.records
 
     def step(self, iteration: int) -> dict:

@@ -3,11 +3,13 @@
  * fill_rows(out, rows, width, table, k0, k1, row0, col0, row_stride):
  *   out[r * width + c] = eps at element (row0 + r) * row_stride + col0 + c.
  * Every operation is integer arithmetic or one int -> float conversion, so the values are the
- * same bits as the torch reference and the CUDA kernel, whatever instructions the compiler picks.
- * With AVX2 both run 8 lanes at once in intrinsics (about twice the speed of these loops left to the
- * compiler, `make bench-kernels`);
- * elsewhere the portable loops below run, with the same bits.
- * Built by esvllm/noise_cpu.py. */
+ * same bits as the torch reference and the CUDA kernel.
+ *
+ * Built by esvllm/noise_cpu.py for named instruction-set levels, never for "this machine":
+ *   portable (-DESVLLM_PORTABLE): the plain C loops below, any processor;
+ *   avx2 (-mavx2 -mfma -DESVLLM_LEVEL_AVX2): Philox and the table map on 8 lanes in AVX2 intrinsics.
+ * esvllm_cpu_level() says which levels this processor (and its OS) can run; each loaded build is
+ * checked against the torch reference before use (esvllm/kernel_check.py). */
 #include <stdint.h>
 #include <math.h>
 #include <string.h>
@@ -18,6 +20,29 @@
 #define W1 0xBB67AE85u
 #define K 7
 #define BATCH 64
+
+#if defined(ESVLLM_LEVEL_AVX2) && !(defined(__AVX2__) && defined(__FMA__))
+#error "the avx2 level is compiled with -mavx2 -mfma"
+#endif
+#if defined(__AVX2__) && defined(__FMA__) && !defined(ESVLLM_PORTABLE)
+#define USE_AVX2 1
+#endif
+
+/* Tests only (ESVLLM_KERNEL_FAULT): a wrong kernel that the load-time check must refuse. It flips
+ * the sign of the rare values with t < 2**20 (about 1 in 2000), as a subtle miscompilation would. */
+#ifdef ESVLLM_INJECT_FAULT
+#define FAULT_T (1u << 20)
+#endif
+
+/* 2 when the processor and the OS run the avx2 level (AVX2 and FMA, with the YMM state enabled),
+ * else 1 (portable only). GCC's and clang's __builtin_cpu_supports read CPUID and XGETBV. */
+int esvllm_cpu_level(void) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 2;
+#endif
+    return 1;
+}
 
 /* Philox4x32-10 of counters (block, 0, 0) for BATCH consecutive blocks: lanes in u[4 * j + lane]. */
 static void philox_batch(uint64_t block, uint32_t key0, uint32_t key1, uint32_t *u) {
@@ -58,6 +83,9 @@ static inline float to_normal(uint32_t u, const int32_t *table) {
     uint32_t bits;
     memcpy(&bits, &value, 4);
     bits ^= u & 0x80000000u;  /* the sign */
+#ifdef FAULT_T
+    if (t < FAULT_T) bits ^= 0x80000000u;
+#endif
     memcpy(&value, &bits, 4);
     return value;
 }
@@ -69,7 +97,7 @@ static void pair_table(const int32_t *table, uint64_t *pairs) {
         pairs[i] = (uint64_t)((uint32_t)table[i] - (uint32_t)table[i + 1]) | ((uint64_t)(uint32_t)table[i + 1] << 32);
 }
 
-#ifdef __AVX2__
+#ifdef USE_AVX2
 #include <immintrin.h>
 
 /* The same two functions on 8 lanes at once (AVX2): Philox of 8 consecutive blocks, then the table
@@ -127,12 +155,15 @@ static inline __m256 to_normal8(__m256i u, const uint64_t *pairs) {
     __m256i t = _mm256_andnot_si256(u, low31);  /* 0x7FFFFFFF - (u & 0x7FFFFFFF) */
     /* Bit length of t from a float's exponent: convert t >> 8 (or t itself when that is 0), both
      * below 2**23 and so exact; an exact conversion's exponent is floor(log2). */
+    /* The masks are used as they come from the compare, never inverted: GCC 12 with AVX-512VL
+     * miscompiled blendv(t, high, xor(cmpeq(high, 0), -1)) into blendv(t, high, cmpeq(high, 0)),
+     * dropping the inversion without swapping the operands (see the README's kernel section). */
     __m256i high = _mm256_srli_epi32(t, 8);
-    __m256i has_high = _mm256_xor_si256(_mm256_cmpeq_epi32(high, zero), _mm256_set1_epi32(-1));
-    __m256i v = _mm256_blendv_epi8(t, high, has_high);
+    __m256i no_high = _mm256_cmpeq_epi32(high, zero);
+    __m256i v = _mm256_blendv_epi8(high, t, no_high);
     __m256i exponent = _mm256_srli_epi32(_mm256_castps_si256(_mm256_cvtepi32_ps(v)), 23);
     __m256i length = _mm256_sub_epi32(exponent, _mm256_set1_epi32(126));          /* floor(log2 v) + 1 */
-    length = _mm256_add_epi32(length, _mm256_and_si256(has_high, eight));
+    length = _mm256_add_epi32(length, _mm256_andnot_si256(no_high, eight));
     length = _mm256_max_epi32(length, zero);                                       /* t == 0: 0 */
     __m256i shift = _mm256_max_epi32(_mm256_sub_epi32(length, eight), zero);
     __m256i far_index = _mm256_add_epi32(_mm256_slli_epi32(_mm256_sub_epi32(length, eight), K),
@@ -149,6 +180,10 @@ static inline __m256 to_normal8(__m256i u, const uint64_t *pairs) {
                                        _mm256_permutevar8x32_epi32(hi, words), 0xF0);
     __m256 value = _mm256_mul_ps(_mm256_cvtepi32_ps(fixed), _mm256_set1_ps(1.0f / 134217728.0f));
     __m256i sign = _mm256_and_si256(u, _mm256_set1_epi32((int)0x80000000u));
+#ifdef FAULT_T
+    sign = _mm256_xor_si256(sign, _mm256_and_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32((int)FAULT_T), t),
+                                                   _mm256_set1_epi32((int)0x80000000u)));
+#endif
     return _mm256_castsi256_ps(_mm256_xor_si256(_mm256_castps_si256(value), sign));
 }
 #endif
@@ -156,7 +191,7 @@ static inline __m256 to_normal8(__m256i u, const uint64_t *pairs) {
 /* out[i] = the table map of u[i], i < n (the map alone: tests feed it chosen bit patterns). */
 static void map_words(const uint32_t *u, int64_t n, const int32_t *table, const uint64_t *pairs, float *out) {
     int64_t i = 0;
-#ifdef __AVX2__
+#ifdef USE_AVX2
     for (; i + 8 <= n; i += 8)
         _mm256_storeu_ps(out + i, to_normal8(_mm256_loadu_si256((const __m256i *)(u + i)), pairs));
 #else
@@ -173,7 +208,7 @@ void bits_to_normal(const uint32_t *u, int64_t n, const int32_t *table, float *o
 
 /* The random words of the 4 * BATCH elements from block `block` on. */
 static void philox_words(uint64_t block, uint32_t k0, uint32_t k1, uint32_t *u) {
-#ifdef __AVX2__
+#ifdef USE_AVX2
     if ((uint32_t)block <= 0xFFFFFFFFu - BATCH) {  /* no carry into the block's high word */
         for (int j = 0; j < BATCH; j += 8) philox8(block + (uint64_t)j, k0, k1, u + 4 * j);
         return;
@@ -193,7 +228,7 @@ static inline void draw_segment(int64_t start, int64_t lo, int64_t hi, uint32_t 
  * add with alpha computes the same fused form). */
 static inline void fma_into(float *acc, const float *x, float c, const float *base, int64_t n) {
     int64_t i = 0;
-#if defined(__AVX2__) && defined(__FMA__)
+#ifdef USE_AVX2
     __m256 cv = _mm256_set1_ps(c);
     for (; i + 8 <= n; i += 8)
         _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(cv, _mm256_loadu_ps(x + i), _mm256_loadu_ps(base + i)));

@@ -1,20 +1,33 @@
 """The CPU kernels: esvllm/noise_cpu.c (the noise; a member's weights written while its noise is
 drawn; the update's sum of many members' noise in one pass; the engines' weight checksum), compiled
-once with the system C compiler and called through ctypes (which releases the GIL). With AVX2 the
-noise runs 8 lanes at once in intrinsics, elsewhere in portable C; both give the same bits (tested).
-Without a compiler the torch code computes the same noise, many times slower (a warning says so).
+with the system C compiler and called through ctypes (which releases the GIL).
+
+The C source is built for named instruction-set levels, never for "this machine" (-march=native
+gave wrong noise on AVX-512 processors: a compiler defect, see the README's kernel section):
+
+    avx2      x86-64 with AVX2 and FMA: Philox and the table map on 8 lanes in intrinsics
+    portable  plain C, any processor (aarch64 too)
+    torch     no compiler, or no level passed its check: the torch code, same values, many times slower
+
+At first use the best level this processor runs is built (cached), loaded and checked against the
+torch reference (esvllm.kernel_check); a level that fails is refused with one warning naming the CPU,
+the level refused and the level used, and the next level down is tried. ESVLLM_CPU_KERNEL=LEVEL
+caps the level (tests run each one). The level in use is in every engine's info (engines.json).
 
 The library is cached in $ESVLLM_CACHE/kernels (default ~/.cache/esvllm/kernels), named by a
-digest of the source and flags, and written atomically, so concurrent engines never load a
-half-written file.
+digest of the source, the flags, the level and the compiler's path and version, and written
+atomically, so concurrent engines never load a half-written file and a build from another compiler
+or level is never loaded.
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import hashlib
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -26,49 +39,87 @@ from esvllm.noise import quantile_table
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("noise_cpu.c")
-# -march=native: the values are integer arithmetic, the same bits whatever vector instructions are
-# used; no fast-math, so the one int -> float conversion stays exact.
-FLAGS = ["-O3", "-funroll-loops", "-march=native", "-fPIC", "-shared", "-fno-fast-math"]
+LEVELS = ("avx2", "portable")  # best first; the torch reference is below them
+REFERENCE = "torch"
+# No fast-math: the one int -> float conversion and the fma stay exact.
+COMMON_FLAGS = ["-O3", "-funroll-loops", "-fPIC", "-shared", "-fno-fast-math"]
 LIBS = ["-lm"]  # fmaf, where the processor has no FMA instruction
+LEVEL_ENV = "ESVLLM_CPU_KERNEL"  # cap the level: avx2, portable or torch
+FAULT_ENV = "ESVLLM_KERNEL_FAULT"  # tests only: build this level with a deliberate fault
 
 
-def cpu_flags() -> str:
-    """This processor's feature flags: the cached library is built for them (-march=native)."""
+class KernelBuildError(RuntimeError):
+    """A level's library could not be compiled."""
+
+
+def is_x86() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+
+
+def level_flags(level: str) -> list[str]:
+    """The compiler flags of a named level: the same instruction set whatever machine builds it."""
+    if level == "portable":
+        baseline = ["-march=x86-64", "-mtune=generic"] if is_x86() else []
+        flags = [*COMMON_FLAGS, *baseline, "-DESVLLM_PORTABLE"]
+    elif level == "avx2":
+        flags = [*COMMON_FLAGS, "-march=x86-64", "-mtune=generic", "-mavx2", "-mfma", "-DESVLLM_LEVEL_AVX2"]
+    else:
+        raise ValueError(f"unknown CPU kernel level {level!r}; levels: {', '.join(LEVELS)}")
+    if os.environ.get(FAULT_ENV) == level:
+        flags.append("-DESVLLM_INJECT_FAULT")
+    return flags
+
+
+def cpu_model() -> str:
+    """The processor's name, for warnings and engines.json."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
+            if line.startswith(("model name", "Model", "Hardware")) and ":" in line:
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return os.uname().machine
+    return platform.processor() or platform.machine()
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("ESVLLM_CACHE", Path.home() / ".cache" / "esvllm")) / "kernels"
 
 
-@lru_cache(maxsize=1)
-def library():
-    """The compiled kernel, or None when no C compiler is found."""
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        logger.warning("no C compiler: ES noise on CPU uses the torch reference (same values, much slower)")
-        return None
-    return build(compiler, FLAGS)
+def find_compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 
 
-def build(compiler: str, flags: list[str]):
-    """The kernel compiled with `flags` (cached by a digest of source, flags and processor), loaded."""
-    source = SOURCE.read_bytes()
-    tag = hashlib.sha256(source + " ".join(flags + LIBS).encode() + cpu_flags().encode()).hexdigest()[:16]
-    target = cache_dir() / f"noise_cpu-{tag}.so"
+@lru_cache(maxsize=None)
+def compiler_identity(compiler: str) -> str:
+    """The compiler's resolved path, version and target: part of the cache key."""
+    path = shutil.which(compiler) or compiler
+    try:
+        version = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout
+        target = subprocess.run([path, "-dumpmachine"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise KernelBuildError(f"{compiler}: cannot run ({exc})") from exc
+    return f"{os.path.realpath(path)}\n{version.strip()}\n{target.strip()}"
+
+
+def build(compiler: str, level: str, extra_flags: tuple[str, ...] = ()):
+    """The kernel of `level` compiled (cached by source, flags, level and compiler) and loaded."""
+    flags = [*level_flags(level), *extra_flags]
+    key = b"\0".join([SOURCE.read_bytes(), " ".join(flags + LIBS).encode(), level.encode(),
+                      compiler_identity(compiler).encode()])
+    target = cache_dir() / f"noise_cpu-{level}-{hashlib.sha256(key).hexdigest()[:16]}.so"
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
             built = Path(scratch) / target.name
-            subprocess.run([compiler, *flags, str(SOURCE), "-o", str(built), *LIBS], check=True, capture_output=True)
+            done = subprocess.run([compiler, *flags, str(SOURCE), "-o", str(built), *LIBS], capture_output=True,
+                                  text=True)
+            if done.returncode != 0:
+                raise KernelBuildError(f"{compiler} {' '.join(flags)}: {done.stderr.strip()[-400:]}")
             os.replace(built, target)
-    lib = ctypes.CDLL(str(target))
+    return bind(ctypes.CDLL(str(target)))
+
+
+def bind(lib):
     i64, u32, ptr = ctypes.c_int64, ctypes.c_uint32, ctypes.c_void_p
     signatures = {
         "fill_rows": [ptr, i64, i64, ptr, u32, u32, i64, i64, i64],
@@ -80,7 +131,84 @@ def build(compiler: str, flags: list[str]):
     for name, argtypes in signatures.items():
         function = getattr(lib, name)
         function.restype, function.argtypes = None, argtypes
+    lib.esvllm_cpu_level.restype, lib.esvllm_cpu_level.argtypes = ctypes.c_int, []
     return lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    """The CPU kernel in use: its level, the library (None for the torch reference) and the levels
+    refused on this machine with the reason."""
+
+    level: str
+    lib: object | None
+    refused: tuple[tuple[str, str], ...] = ()
+
+
+def supported_levels(compiler: str) -> list[str]:
+    """The levels this processor (and its OS) runs, best first, as the CPU itself reports."""
+    cpu = build(compiler, "portable").esvllm_cpu_level() if is_x86() else 1
+    return ["avx2", "portable"] if cpu >= 2 else ["portable"]
+
+
+def runnable_levels(compiler: str) -> list[str]:
+    """The supported levels, best first, at most the one ESVLLM_CPU_KERNEL names."""
+    cap = os.environ.get(LEVEL_ENV, LEVELS[0])
+    if cap not in (*LEVELS, REFERENCE):
+        raise ValueError(f"{LEVEL_ENV}={cap!r}: not a CPU kernel level; use one of {', '.join(LEVELS)}, {REFERENCE}")
+    if cap == REFERENCE:
+        return []
+    runnable = supported_levels(compiler)
+    return runnable[runnable.index(cap):] if cap in runnable else runnable
+
+
+@lru_cache(maxsize=1)
+def kernel() -> Kernel:
+    """The best level that builds and passes its check against the torch reference (once a process)."""
+    from esvllm.kernel_check import check_kernel
+
+    compiler = find_compiler()
+    if compiler is None:
+        logger.warning("no C compiler: ES noise on CPU uses the torch reference (same values, much slower)")
+        return Kernel(REFERENCE, None)
+    refused = []
+    try:
+        levels = runnable_levels(compiler)
+    except KernelBuildError as exc:
+        levels, refused = [], [("portable", f"does not build: {exc}")]
+    chosen = None
+    for level in levels:
+        try:
+            lib = build(compiler, level)
+            problem = check_kernel(lib)
+        except KernelBuildError as exc:
+            problem = f"does not build: {exc}"
+        if problem is None:
+            chosen = Kernel(level, lib, tuple(refused))
+            break
+        refused.append((level, problem))
+    chosen = chosen or Kernel(REFERENCE, None, tuple(refused))
+    if refused:
+        reasons = "; ".join(f"level {name} refused: {why}" for name, why in refused)
+        logger.warning("CPU %s: %s; using level %s (same values; see the README's kernel section)",
+                       cpu_model(), reasons, chosen.level)
+    return chosen
+
+
+def library():
+    """The checked kernel library, or None (the torch reference)."""
+    return kernel().lib
+
+
+def level() -> str:
+    return kernel().level
+
+
+def describe() -> dict:
+    """What engines.json records about this process's CPU kernel."""
+    chosen = kernel()
+    return {"cpu_kernel": chosen.level, "cpu": cpu_model(),
+            **({"cpu_kernel_refused": dict(chosen.refused)} if chosen.refused else {})}
 
 
 @lru_cache(maxsize=1)
@@ -90,27 +218,25 @@ def table_tensor():
     return torch.tensor(quantile_table(), dtype=torch.int32)
 
 
-def fill_rows(out, key: tuple[int, int], row0: int, col0: int, row_stride: int) -> None:
-    lib = library()
+def fill_rows(out, key: tuple[int, int], row0: int, col0: int, row_stride: int, lib=None) -> None:
+    lib = library() if lib is None else lib
     rows, width = out.shape
     if lib is None:
         import torch
-
-        from esvllm.noise import noise_reference
 
         index = (torch.arange(rows, dtype=torch.int64)[:, None] + row0) * row_stride + col0 + \
             torch.arange(width, dtype=torch.int64)[None, :]
         out.copy_(noise_reference_from_key(key, index))
         return
-    table = table_tensor()
-    lib.fill_rows(out.data_ptr(), rows, width, table.data_ptr(), key[0], key[1], row0, col0, row_stride)
+    lib.fill_rows(out.data_ptr(), rows, width, table_tensor().data_ptr(), key[0], key[1], row0, col0, row_stride)
 
 
-def perturb_rows(eps, master, dst, sigma: float, key: tuple[int, int], row0: int, col0: int, row_stride: int) -> bool:
+def perturb_rows(eps, master, dst, sigma: float, key: tuple[int, int], row0: int, col0: int, row_stride: int,
+                 lib=None) -> bool:
     """eps := the noise block (as fill_rows) and dst := master + sigma * eps (one rounding), in one pass.
     All three contiguous float32 CPU tensors of eps's (rows, width) shape. False (nothing done)
-    without a compiler."""
-    lib = library()
+    on the torch reference."""
+    lib = library() if lib is None else lib
     if lib is None:
         return False
     rows, width = eps.shape
@@ -120,11 +246,11 @@ def perturb_rows(eps, master, dst, sigma: float, key: tuple[int, int], row0: int
 
 
 def combine_rows(delta, terms: list[tuple[tuple[int, int], float, object]], row0: int, col0: int,
-                 row_stride: int) -> bool:
+                 row_stride: int, lib=None) -> bool:
     """delta (contiguous float32, rows x width) := sum of coeff * eps over `terms` (key, coeff, kept),
     in order, each term added with one rounding; eps is read from `kept` (a tensor of delta's size
-    holding that noise) or, when kept is None, drawn. False (nothing done) without a compiler."""
-    lib = library()
+    holding that noise) or, when kept is None, drawn. False (nothing done) on the torch reference."""
+    lib = library() if lib is None else lib
     if lib is None:
         return False
     n = len(terms)
@@ -137,10 +263,10 @@ def combine_rows(delta, terms: list[tuple[tuple[int, int], float, object]], row0
     return True
 
 
-def checksum_rows(ints, row0: int, col0: int, row_stride: int) -> tuple[int, int] | None:
+def checksum_rows(ints, row0: int, col0: int, row_stride: int, lib=None) -> tuple[int, int] | None:
     """(sum of v, sum of v * (index % 7 + 1)) of a contiguous rows x width int32 or int16 CPU tensor,
-    element (r, c) at index (row0 + r) * row_stride + col0 + c; None without a compiler."""
-    lib = library()
+    element (r, c) at index (row0 + r) * row_stride + col0 + c; None on the torch reference."""
+    lib = library() if lib is None else lib
     if lib is None:
         return None
     out = (ctypes.c_uint64 * 4)()
@@ -150,11 +276,21 @@ def checksum_rows(ints, row0: int, col0: int, row_stride: int) -> tuple[int, int
     return signed(out[0], out[1]), signed(out[2], out[3])
 
 
+def bits_to_normal(lib, words) -> "object":
+    """The table map of a tensor of 32-bit patterns (int64 in [0, 2**32)) through `lib`: float32."""
+    import torch
+
+    packed = torch.from_numpy(words.numpy().astype("uint32").view("int32"))
+    out = torch.empty(words.numel(), dtype=torch.float32)
+    lib.bits_to_normal(packed.data_ptr(), words.numel(), table_tensor().data_ptr(), out.data_ptr())
+    return out
+
+
 def noise_reference_from_key(key, index):
+    import torch
+
     from esvllm.noise import bits_to_normal_reference, philox_reference
 
     lanes = philox_reference(index >> 2, key)
-    import torch
-
     u = torch.stack(lanes, dim=-1).gather(-1, (index & 3).unsqueeze(-1)).squeeze(-1)
     return bits_to_normal_reference(u)

@@ -55,7 +55,13 @@ def main(argv: list[str] | None = None) -> Path:
         report_dry_run(config, inputs)
     logging.basicConfig(level=logging.INFO if config.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    return train(config, inputs)
+    from engines.fleet import EnginesDisagree, NoEngineLeft
+    from esvllm.coordinator import RewardFailed
+
+    try:
+        return train(config, inputs)
+    except (EnginesDisagree, NoEngineLeft, RewardFailed) as exc:  # each message says what was saved
+        sys.exit(f"error: {exc}")
 
 
 def prepare_inputs(config: RunConfig) -> dict:
@@ -109,13 +115,16 @@ def prepare_run(config: RunConfig, model_path: str):
     run_dir = Path(config.resume)
     log = UpdateLog.load(run_dir)
     weights = (model_path, 0)
-    latest = checkpoint.latest_checkpoint(run_dir)
+    latest = checkpoint.usable_checkpoint(run_dir)  # broken ones are named in a warning and skipped
     if latest is not None:
         state = checkpoint.load_state(latest)
         if state["model_iteration"] > len(log):
             raise ValueError(f"{latest}: its weights hold {state['model_iteration']} iterations but "
                              f"{run_dir}/updates.jsonl only {len(log)}; the update log was truncated")
         weights = (checkpoint.model_path(run_dir, state), state["model_iteration"])
+    elif len(log):
+        logging.getLogger(__name__).warning("no usable checkpoint in %s: replaying its %d updates from the base "
+                                            "model", run_dir, len(log))
     records = read_metrics(run_dir)[: len(log)]  # a metrics line of an uncommitted iteration is dropped
     from esvllm.eval import trim_eval_log
 
@@ -164,9 +173,13 @@ def train(config: RunConfig, inputs: dict | None = None) -> Path:
             final = fleet.export(str(run_dir / "final"), options.model_dtype())  # checkpoints keep fp32
             print(f"final model: {final}")
     except KeyboardInterrupt:
+        done = coordinator.fleet.log.committed if coordinator is not None else start
         if coordinator is not None and pool.engines:
             path = coordinator.save()
-            print(f"\ninterrupted: checkpoint {path}; continue with --resume {run_dir}", flush=True)
+            print(f"\ninterrupted: checkpoint {path}; --resume {run_dir} continues at iteration {done}", flush=True)
+        else:
+            print(f"\ninterrupted before training started: nothing new was saved; --resume {run_dir} "
+                  f"continues at iteration {done}", flush=True)
         raise SystemExit(130)
     finally:
         runlog.close()

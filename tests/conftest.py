@@ -12,6 +12,23 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.ray)
 
 
+@pytest.fixture(params=("avx2", "portable", "torch"))
+def cpu_kernel(request, monkeypatch):
+    """Each CPU kernel level this processor runs, and the torch reference: the test runs with each."""
+    from esvllm import noise_cpu
+
+    level = request.param
+    if level == noise_cpu.REFERENCE:
+        chosen = noise_cpu.Kernel(level, None)
+    else:
+        compiler = noise_cpu.find_compiler()
+        if compiler is None or level not in noise_cpu.supported_levels(compiler):
+            pytest.skip(f"this machine does not run the {level} CPU kernel")
+        chosen = noise_cpu.Kernel(level, noise_cpu.build(compiler, level))
+    monkeypatch.setattr(noise_cpu, "kernel", lambda: chosen)
+    return level
+
+
 @pytest.fixture(scope="session")
 def tiny_model() -> str:
     return resolve_model("tiny")

@@ -35,7 +35,7 @@ def test_the_c_kernel_sums_exactly_past_its_int64_chunk():
     assert checksum_rows(ints, 0, 0, 0) == ESState._checksum_torch(ints, Slice(0, 0, 0))
 
 
-def test_an_es_state_reports_the_same_checksum_with_either_code(monkeypatch):
+def test_an_es_state_reports_the_same_checksum_with_either_code(monkeypatch, cpu_kernel):
     master = {"a": torch.randn(64, 48), "b": torch.randn(7).to(torch.bfloat16)}
     state = ESState(master, lambda write: None, None)
     fast = state.checksum()

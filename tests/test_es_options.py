@@ -55,7 +55,7 @@ def expected(optimizer, base, alpha=0.01, decay=0.0):
 
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
 @pytest.mark.parametrize("decay", [0.0, 0.1])
-def test_each_optimizer_update_equals_a_float64_computation(optimizer, decay):
+def test_each_optimizer_update_equals_a_float64_computation(optimizer, decay, cpu_kernel):
     es, master, _ = state()
     base = {n: t.clone() for n, t in master.items()}
     for t, pairs in enumerate(UPDATES, start=1):
@@ -67,7 +67,7 @@ def test_each_optimizer_update_equals_a_float64_computation(optimizer, decay):
         torch.testing.assert_close(master[n].double(), want, rtol=2e-5, atol=1e-7)
 
 
-def test_an_antithetic_pair_draws_its_noise_once_and_the_update_reuses_it():
+def test_an_antithetic_pair_draws_its_noise_once_and_the_update_reuses_it(cpu_kernel):
     es, master, weights = state(cache_bytes=0)  # no noise cache: the mirror keeps the draw
     base = {n: t.clone() for n, t in master.items()}
     assert es.perturb(5, 0.1, 1, mirror=True)["drawn"] is True

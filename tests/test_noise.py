@@ -44,19 +44,19 @@ def test_the_table_map_is_within_2e_5_of_the_exact_normal_quantile():
         assert abs(value - exact) < 2e-5, (bits, value, exact)
 
 
-def test_the_cpu_kernel_computes_the_reference_bit_for_bit():
+def test_the_cpu_kernel_computes_the_reference_bit_for_bit(cpu_kernel):
     eps = noise(7, "model.layers.0.mlp.down_proj.weight", (300, 67))
     assert torch.equal(eps.view(-1), noise_reference(7, "model.layers.0.mlp.down_proj.weight", torch.arange(300 * 67)))
 
 
 @pytest.mark.parametrize("start, count", [(0, 1), (1, 3), (5, 1000), (4093, 700)])
-def test_a_tensor_drawn_in_pieces_equals_it_drawn_whole(start, count):
+def test_a_tensor_drawn_in_pieces_equals_it_drawn_whole(start, count, cpu_kernel):
     whole = noise(3, "w", (5000,))
     piece = fill_noise(torch.empty(count), 3, "w", start=start)
     assert torch.equal(piece, whole[start : start + count])
 
 
-def test_row_and_column_shards_are_the_blocks_of_the_whole_tensor():
+def test_row_and_column_shards_are_the_blocks_of_the_whole_tensor(cpu_kernel):
     whole = noise(11, "model.layers.1.self_attn.o_proj.weight", (64, 96))
     rows = fill_noise_rows(torch.empty(16, 96), 11, "model.layers.1.self_attn.o_proj.weight", 32, 0, 96)
     columns = fill_noise_rows(torch.empty(64, 48), 11, "model.layers.1.self_attn.o_proj.weight", 0, 48, 96)
@@ -87,7 +87,7 @@ def test_seed_plus_index_overlap_of_the_old_code_is_gone():
     assert philox_key(5, "t1") != philox_key(6, "t0")
 
 
-def test_the_noise_is_standard_normal():
+def test_the_noise_is_standard_normal(cpu_kernel):
     eps = noise(123, "tensor", (2**21,)).double()
     n = eps.numel()
     assert abs(float(eps.mean())) < 5 / math.sqrt(n)

@@ -44,7 +44,7 @@ def test_the_budget_sets_how_many_members_are_kept():
     assert es_state(MEMBER_BYTES * 2 + 1)[0].info()["noise_cache_slots"] == 2
 
 
-def test_members_beyond_the_budget_are_drawn_again_and_the_update_is_bit_identical():
+def test_members_beyond_the_budget_are_drawn_again_and_the_update_is_bit_identical(cpu_kernel):
     pairs = [(101, 0.3), (102, -0.2), (103, 0.1), (104, 0.05)]
     plain, plain_model = es_state(0)
     kept, model = es_state(MEMBER_BYTES * 2)

@@ -5,13 +5,17 @@ Every disturbed run is compared with the undisturbed run of the same arguments: 
 code is the one that drives real vLLM engines; tests/test_failures.py repeats the key cases there.
 """
 
+import json
 import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from esvllm import noise_cpu
+from esvllm.checkpoint import latest_checkpoint, load_state
 from esvllm.noise import noise
+from esvllm.run import main
 from esvllm.runlog import read_metrics
 
 from .helpers import FAKE, final_weights, run, same_weights, without_eval
@@ -101,7 +105,6 @@ def test_a_replacement_outlives_the_checkpoint_it_started_from(reference, tmp_pa
 
 
 def test_when_no_engine_can_start_the_run_saves_a_checkpoint_and_stops(tmp_path, monkeypatch, ray_session):
-    from engines.fleet import NoEngineLeft
     from engines.pool import EnginePool
     from esvllm.checkpoint import latest_checkpoint, load_state
     from esvllm.updatelog import UpdateLog
@@ -114,19 +117,16 @@ def test_when_no_engine_can_start_the_run_saves_a_checkpoint_and_stops(tmp_path,
         return spawn(self, index, model_path)
 
     monkeypatch.setattr(EnginePool, "spawn", replacements_cannot_load)
-    with pytest.raises(NoEngineLeft, match="checkpoint saved"):
+    with pytest.raises(SystemExit, match="error: every engine died.*checkpoint saved"):  # no traceback
         disturbed(tmp_path, monkeypatch, "0:12", ["--num_engines", "1"])
     [run_dir] = [p.parent for p in tmp_path.glob("*/*/engines.json")]
     state = load_state(latest_checkpoint(run_dir))
     assert state["iteration"] == len(UpdateLog.load(run_dir)) == len(read_metrics(run_dir)) >= 1
 
 
-def test_a_reward_that_always_raises_stops_the_run_with_its_exception(tmp_path, ray_session):
-    from esvllm.coordinator import RewardFailed
-
-    with pytest.raises(RewardFailed) as info:
+def test_a_reward_that_always_raises_stops_the_run_naming_its_exception(tmp_path, ray_session):
+    with pytest.raises(SystemExit, match="error: iteration 0: the reward raised on every sample.*broken reward"):
         run(tmp_path, "run", ["--reward", "tests.reward_helpers:always_raises"], base=FAKE)
-    assert "broken reward" in str(info.value.__cause__)
 
 
 def test_engines_out_of_step_stop_the_run_with_both_checksums(ray_session, tiny_model):
@@ -154,3 +154,34 @@ def test_wandb_offline_gets_the_config_and_the_same_scalars(tmp_path, monkeypatc
     for key in (b"reward/mean", b"es/update_norm", b"eval/reward", b"population_size"):
         assert key in content, key
     assert (run_dir / "wandb_id").read_text().strip() in log.name  # a resume continues this wandb run
+
+
+def test_engines_that_compute_different_weights_stop_the_run_at_the_state_they_agreed_on(reference, tmp_path,
+                                                                                         monkeypatch):
+    monkeypatch.setenv("ESVLLM_FAKE_CORRUPT", "1:3")  # engine 1 writes a wrong value in its third update
+    with pytest.raises(SystemExit) as stop:  # one message, no traceback
+        run(tmp_path, "run", FIVE, base=FAKE)
+    message = str(stop.value.code)
+    assert message.startswith("error: after iteration 2 the engines hold different weights: engine 0")
+    assert "engine 1" in message and "engines.json" in message and "kernel level and CPU" in message
+    [run_dir] = [p.parent for p in tmp_path.glob("*/*/engines.json")]
+    assert f"--resume {run_dir}" in message
+    state = load_state(latest_checkpoint(run_dir))
+    assert state["iteration"] == 2 and state["model_iteration"] == 2  # the periodic checkpoint, kept whole
+    assert (latest_checkpoint(run_dir) / "model" / "model.safetensors").is_file()
+    monkeypatch.delenv("ESVLLM_FAKE_CORRUPT")
+    main(["--resume", str(run_dir)])  # from the state both engines agreed on: the undisturbed result
+    assert_same_run(run_dir, reference)
+
+
+def test_a_run_whose_best_cpu_kernel_is_wrong_trains_on_the_next_level_down(reference, tmp_path, monkeypatch):
+    compiler = noise_cpu.find_compiler()
+    if compiler is None:
+        pytest.skip("no C compiler: only the torch reference runs here")
+    levels = noise_cpu.supported_levels(compiler) + [noise_cpu.REFERENCE]
+    monkeypatch.setenv("ESVLLM_KERNEL_FAULT", levels[0])  # the engines' best level is built wrong
+    run_dir = run(tmp_path, "run", FIVE, base=FAKE)
+    for engine in json.loads((run_dir / "engines.json").read_text()):
+        assert engine["cpu_kernel"] == levels[1] and list(engine["cpu_kernel_refused"]) == [levels[0]]
+        assert engine["cpu"] == noise_cpu.cpu_model()
+    assert_same_run(run_dir, reference)
