@@ -10,6 +10,9 @@ e.g. "1:3" or "1:apply_update:2") makes the engine's process exit at its k-th ca
 and `generate` calls (a rollout is one of each), or only the RPCs of the named method.
 ESVLLM_FAKE_CORRUPT="1:2" makes engine 1 add 1e-3 to one weight after its 2nd update, as a kernel
 that computed a wrong value would (the engines then disagree).
+ESVLLM_FAKE_HOLD="0:apply_update:2:/tmp/marker" makes engine 0 create the marker file at its 2nd
+call of that method ("init" for its start-up, "generate", or an RPC) and then wait there, so a test
+can interrupt a run at exactly that stage.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import hashlib
 import os
 import string
 import time
+from pathlib import Path
 
 from engines.actor_base import EngineActorBase
 
@@ -31,6 +35,9 @@ class FakeEngineActor(EngineActorBase):
         from engines.es_state import ESState, load_checkpoint
 
         started = time.perf_counter()
+        self.hold = hold_spec(index)
+        self.held_calls: dict[str, int] = {}
+        self._hold_at("init")
         master = load_checkpoint(model_path, "cpu", getattr(torch, options.get("master_dtype", "float32")))
         self.weights = {name: torch.empty(t.shape, dtype=getattr(torch, options.get("dtype", "float32")))
                         for name, t in master.items()}
@@ -48,7 +55,16 @@ class FakeEngineActor(EngineActorBase):
         for name, master in self.es.tensors().items():
             write(name, master, self.weights[name])
 
+    def _hold_at(self, method: str) -> None:
+        if self.hold is None or self.hold[0] != method:
+            return
+        self.held_calls[method] = self.held_calls.get(method, 0) + 1
+        if self.held_calls[method] == self.hold[1]:
+            Path(self.hold[2]).touch()
+            time.sleep(600)  # until the test's signal ends the run
+
     def _count_call(self, method: str | None = None) -> None:
+        self._hold_at(method)
         if not self.die_on_call:
             return
         target, k = self.die_on_call
@@ -90,3 +106,12 @@ def corrupt_spec(index: int) -> int | None:
     spec = os.environ.get("ESVLLM_FAKE_CORRUPT", "")
     target, _, k = spec.partition(":")
     return int(k) if spec and int(target) == index else None
+
+
+def hold_spec(index: int) -> tuple[str, int, str] | None:
+    """(method, k, marker) where engine `index` waits (ESVLLM_FAKE_HOLD="index:method:k:marker")."""
+    spec = os.environ.get("ESVLLM_FAKE_HOLD", "")
+    if not spec:
+        return None
+    target, method, k, marker = spec.split(":", 3)
+    return (method, int(k), marker) if int(target) == index else None

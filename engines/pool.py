@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 import uuid
 
 from engines.backends import BACKENDS, actor_class
@@ -29,7 +30,7 @@ QUIET_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_LEVEL": os.env
              "TQDM_DISABLE": "1"}
 # The driver's choices that the engines' processes must see too (Ray's workers keep the environment
 # Ray started with): the CPU kernel level cap, the kernel cache, and the tests' fault injection.
-FORWARDED_ENV = ("ESVLLM_CPU_KERNEL", "ESVLLM_KERNEL_FAULT", "ESVLLM_CACHE", "ESVLLM_FAKE_CORRUPT")
+FORWARDED_ENV = ("ESVLLM_CPU_KERNEL", "ESVLLM_KERNEL_FAULT", "ESVLLM_CACHE", "ESVLLM_FAKE_CORRUPT", "ESVLLM_FAKE_HOLD")
 
 
 class EngineDiedError(RuntimeError):
@@ -181,6 +182,47 @@ class EngineHandle:
 
     def generate(self, prompts, sampling: dict):
         return self.call("generate", list(prompts), dict(sampling))
+
+
+def private_ray_is_gone(watch_s: float = 1.0) -> bool:
+    """True when the Ray this process started stopped serving: its GCS server, sent the same signal
+    as this process (a signal to the whole process group), closes its port while the process lingers,
+    and every Ray call would then wait about 60 s and fail. Watched for `watch_s`, as the port closes
+    a moment after the signal."""
+    import socket
+    import time
+
+    import ray
+
+    try:
+        host, port = ray.get_runtime_context().gcs_address.rsplit(":", 1)
+    except Exception:  # noqa: BLE001 - no address known: assume it serves
+        return False
+    deadline = time.monotonic() + watch_s
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=0.5):
+                pass
+        except OSError:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
+def exit_without_ray(code: int) -> None:
+    """End this process now, after its private Ray died under it: kill what is left of Ray's processes
+    and skip Ray's own shutdown hooks (they wait for the dead GCS)."""
+    import psutil
+
+    for child in psutil.Process().children(recursive=True):
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None,

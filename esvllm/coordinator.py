@@ -201,7 +201,14 @@ class Coordinator:
         export = self.fleet.export if with_weights and settled and self.fleet.engines else None
         state = {"iteration": iteration, "config": self.config.to_dict(),
                  "model_path": self.fleet.weights_path, "model_iteration": self.fleet.weights_iteration}
-        path = checkpoint.save_checkpoint(self.run_dir, state, export, keep=self.config.keep_checkpoints)
+        try:
+            path = checkpoint.save_checkpoint(self.run_dir, state, export, keep=self.config.keep_checkpoints)
+        except Exception as exc:  # noqa: BLE001 - engines gone or dying (an interrupt, a crash), disk full
+            if export is None:
+                raise
+            logger.warning("the checkpoint's export failed (%s); saving the update log from the last export", exc)
+            export = None
+            path = checkpoint.save_checkpoint(self.run_dir, state, None, keep=self.config.keep_checkpoints)
         if export is not None:
             self.fleet.exported(str((path / "model").resolve()), iteration)
         return path

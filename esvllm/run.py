@@ -141,7 +141,7 @@ def train(config: RunConfig, inputs: dict | None = None) -> Path:
     import ray
 
     from engines.fleet import Fleet
-    from engines.pool import EngineOptions, EnginePool, init_ray
+    from engines.pool import EngineOptions, EnginePool, exit_without_ray, init_ray, private_ray_is_gone
     from esvllm.coordinator import Coordinator
     from esvllm.eval import Evaluator
     from esvllm.runlog import write_atomic
@@ -159,12 +159,14 @@ def train(config: RunConfig, inputs: dict | None = None) -> Path:
     owns_ray = init_ray(config.ray_address, verbose=config.verbose,
                         num_cpus=None if config.ray_address else max(options.num_engines, 1))
     pool = coordinator = None
+    ray_gone = False
     try:
         with interrupts_raise():
             started = time.perf_counter()
             pool = EnginePool.start(weights[0], options, config.ray_address)
             print(f"{len(pool.engines)} engine(s) ready in {time.perf_counter() - started:.1f}s", flush=True)
             write_atomic(run_dir / "engines.json", json.dumps([e.info for e in pool.engines], indent=2))
+            warn_about_kernels(pool.engines)
             fleet = Fleet(pool, log, weights)
             fleet.catch_up_all()  # resume: replay the update log since the starting weights
             coordinator = Coordinator(config, fleet, train_set, scorer, runlog, evaluator, run_dir, records)
@@ -174,9 +176,18 @@ def train(config: RunConfig, inputs: dict | None = None) -> Path:
             print(f"final model: {final}")
     except KeyboardInterrupt:
         done = coordinator.fleet.log.committed if coordinator is not None else start
-        if coordinator is not None and pool.engines:
-            path = coordinator.save()
+        ray_gone = owns_ray and private_ray_is_gone()  # the signal went to the whole process group
+        path = None
+        if coordinator is not None:
+            try:  # no export: engines may be busy or gone; the update log from the last export is enough
+                path = coordinator.save(with_weights=False)
+            except Exception as exc:  # noqa: BLE001 - the update log on disk still holds every committed iteration
+                print(f"\ncheckpoint not saved ({exc})", flush=True)
+        if path is not None:
             print(f"\ninterrupted: checkpoint {path}; --resume {run_dir} continues at iteration {done}", flush=True)
+        elif coordinator is not None:
+            print(f"\ninterrupted: --resume {run_dir} replays the update log and continues at iteration {done}",
+                  flush=True)
         else:
             print(f"\ninterrupted before training started: nothing new was saved; --resume {run_dir} "
                   f"continues at iteration {done}", flush=True)
@@ -184,12 +195,23 @@ def train(config: RunConfig, inputs: dict | None = None) -> Path:
     finally:
         runlog.close()
         scorer.close()
+        if ray_gone:
+            exit_without_ray(130)
         if pool is not None:
             pool.shutdown()
         if owns_ray:
             ray.shutdown()
     report(run_dir)
     return run_dir
+
+
+def warn_about_kernels(engines) -> None:
+    """Say once when an engine refused a CPU kernel level (its own warning stays in Ray's logs)."""
+    refused = {(e.info.get("cpu", "?"), level, e.info.get("cpu_kernel"), why) for e in engines
+               for level, why in (e.info.get("cpu_kernel_refused") or {}).items()}
+    for cpu, level, used, why in sorted(refused):
+        logging.getLogger(__name__).warning("CPU %s: kernel level %s refused (%s); the engines use level %s",
+                                            cpu, level, why, used)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,81 @@
+"""Interrupted the way terminals and schedulers interrupt: SIGINT (Ctrl-C) and SIGTERM (Slurm's
+scancel, preemption, Kubernetes, `timeout`) sent to the whole process group of `python -m esvllm.run`
+at each stage of a run. The run says in one line what resume will use, leaves no traceback and no
+process behind, and the `--resume` command it prints ends bit-identical to an uninterrupted run.
+
+Fake engines (engines.fake: the real ES state in Ray actors) hold at the chosen call
+(ESVLLM_FAKE_HOLD) until the signal has landed, so each stage is hit deterministically."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from esvllm.run import main
+from esvllm.runlog import read_metrics
+
+from .helpers import FAKE, final_weights, run, same_weights, without_timing
+
+pytestmark = pytest.mark.ray
+
+RUN = [*FAKE, "--num_iterations", "4", "--save_every", "1", "--eval_every", "2"]
+# Engine 0's calls: its first generate is the held-out evaluation of the base model, its third a
+# member's rollout of iteration 0; the first export writes the checkpoint after iteration 0.
+STAGES = {
+    "engines_starting": "init:1",
+    "evaluation": "generate:1",
+    "generation": "generate:3",
+    "update": "apply_update:2",
+    "checkpoint_write": "export:1",
+}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(ray_session, tmp_path_factory):
+    return run(tmp_path_factory.mktemp("plain"), "ref", base=RUN)
+
+
+def group_processes(pgid: int) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        except (ProcessLookupError, psutil.NoSuchProcess, PermissionError):
+            pass
+    return found
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_an_interrupt_at_each_stage_resumes_to_the_uninterrupted_result(uninterrupted, tmp_path, stage, signum):
+    marker = tmp_path / "held"
+    env = {**os.environ, "ESVLLM_FAKE_HOLD": f"0:{STAGES[stage]}:{marker}"}
+    output_dir = tmp_path / "runs"
+    process = subprocess.Popen([sys.executable, "-m", "esvllm.run", *RUN, "--output_dir", str(output_dir)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                               start_new_session=True)  # its own process group, as a shell job or a batch step
+    deadline = time.monotonic() + 180
+    while not marker.exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0][-3000:]
+        time.sleep(0.1)
+    os.killpg(process.pid, signum)  # the whole group: driver, Ray and the engines
+    signalled = time.monotonic()
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    hint = re.search(r"--resume (\S+) (?:replays the update log and )?continues at iteration (\d+)", output)
+    assert hint, output[-3000:]
+    while group_processes(process.pid) and time.monotonic() < signalled + 30:
+        time.sleep(0.2)
+    assert not group_processes(process.pid), [" ".join(p.cmdline())[:80] for p in group_processes(process.pid)]
+    run_dir, continues_at = hint.group(1), int(hint.group(2))
+    assert continues_at == len(read_metrics(run_dir))
+    resumed = main(["--resume", run_dir])
+    assert without_timing(read_metrics(resumed)) == without_timing(read_metrics(uninterrupted))
+    assert same_weights(final_weights(resumed), final_weights(uninterrupted))
