@@ -118,6 +118,31 @@ def bench_size(size: str, device: str, dtype: str, population: int, repeats: int
     }
 
 
+def level_speeds(repeats: int, elements: int = 2**22) -> dict[str, float]:
+    """Nanoseconds per value of one thread drawing `elements` noise values with each CPU kernel
+    level this processor runs and with the torch reference, side by side."""
+    import torch
+
+    from esvllm import noise_cpu
+    from esvllm.noise import philox_key
+
+    out = torch.empty(1, elements)
+    key = philox_key(3, "model.layers.0.mlp.down_proj.weight")
+    compiler = noise_cpu.find_compiler()
+    libs = {level: noise_cpu.build(compiler, level) for level in noise_cpu.supported_levels(compiler)} if compiler else {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        speeds = {level: timed(lambda lib=lib: noise_cpu.fill_rows(out, key, 0, 0, elements, lib=lib), "cpu", repeats)
+                  for level, lib in libs.items()}
+        small = torch.empty(1, elements // 16)  # the reference is slow: a sixteenth, scaled
+        speeds[noise_cpu.REFERENCE] = 16 * timed(lambda: small.copy_(noise_cpu.noise_reference_from_key(
+            key, torch.arange(elements // 16)).view(1, -1)), "cpu", max(1, repeats // 2))
+    finally:
+        torch.set_num_threads(threads)
+    return {level: seconds / elements * 1e9 for level, seconds in speeds.items()}
+
+
 def markdown(results: dict) -> str:
     lines = [f"{results['device_name']}, {results['date']}, copy bandwidth {results['bandwidth'] / 1e9:.0f} GB/s "
              f"(read + write), model dtype {results['dtype']}, fp32 master, N={results['population']}:", "",
@@ -132,6 +157,10 @@ def markdown(results: dict) -> str:
         if "noise_1thread_s" in r:
             lines.append(f"\n{r['size']}, one thread: counter-based noise {r['noise_1thread_s'] * 1e3:.1f} ms, "
                          f"torch.Generator normal_ {r['torch_generator_noise_1thread_s'] * 1e3:.1f} ms")
+    if results.get("cpu_levels"):
+        lines.append(f"\nCPU kernel levels on {results['cpu']}, one thread, ns per value (the level in use: "
+                     f"{results['cpu_level_in_use']}): "
+                     + ", ".join(f"{level} {ns:.2f}" for level, ns in results["cpu_levels"].items()))
     return "\n".join(lines)
 
 
@@ -156,6 +185,11 @@ def main(argv=None) -> dict:
         "device_name": torch.cuda.get_device_name(0) if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads",
         "bandwidth": bandwidth, "sizes": [],
     }
+    if args.device == "cpu":
+        from esvllm import noise_cpu
+
+        results.update(cpu=noise_cpu.cpu_model(), cpu_level_in_use=noise_cpu.level(),
+                       cpu_levels=level_speeds(args.repeats))
     for size in args.sizes:
         results["sizes"].append(bench_size(size, args.device, args.dtype, args.population, args.repeats, bandwidth))
         if args.device == "cuda":

@@ -225,6 +225,14 @@ def exit_without_ray(code: int) -> None:
     os._exit(code)
 
 
+def start_ray(options: EngineOptions, address: str | None = None, verbose: bool = False) -> bool:
+    """Start (or join) Ray once with everything these engines need: on CPU its cores, on CUDA exactly
+    the GPUs of --cuda_devices. True when this call started a private Ray (the caller shuts it down)."""
+    if options.device == "cpu":
+        return init_ray(address, num_cpus=max(len(os.sched_getaffinity(0)), options.num_engines), verbose=verbose)
+    return init_ray(address, cuda_devices=options.cuda_devices, verbose=verbose)
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None,
              verbose: bool = False, cuda_devices: list[int] | None = None) -> bool:
     """Join `address`, or start a private local Ray bound to 127.0.0.1 with no dashboard.
@@ -278,13 +286,12 @@ class EnginePool:
 
         model_path = resolve_model(model_path)  # a missing path fails here, before Ray or vLLM start
         tp = options.tensor_parallel_size
+        start_ray(options, ray_address)  # a no-op when the caller started Ray (esvllm.run does)
         if options.device == "cpu":
-            init_ray(ray_address, num_cpus=max(len(os.sched_getaffinity(0)), options.num_engines))
             # Cores are assigned by vLLM's thread binding, not by Ray's CPU accounting: the bundles
             # only place engines (spread over the cluster's nodes).
             bundles, strategy = [{"CPU": 0.01}] * options.num_engines, "SPREAD"
         else:
-            init_ray(ray_address, cuda_devices=options.cuda_devices)
             # One bundle per engine with all its GPUs: a bundle lives on one node, as vLLM's ranks must.
             bundles, strategy = [{"GPU": tp, "CPU": 1}] * options.num_engines, "PACK"
         group = placement_group(bundles, strategy=strategy)

@@ -196,12 +196,7 @@ class RunConfig:
 
     @property
     def gpu_ids(self) -> list[int]:
-        if not self.cuda_devices:
-            return []
-        try:
-            return [int(x) for x in str(self.cuda_devices).split(",") if x.strip()]
-        except ValueError:
-            raise ValueError(f"--cuda_devices {self.cuda_devices!r}: use comma-separated GPU ids, e.g. 0,1,2,3") from None
+        return parse_gpu_ids(self.cuda_devices)
 
     @property
     def reward_spec(self) -> str:
@@ -209,6 +204,23 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+
+
+def parse_gpu_ids(cuda_devices) -> list[int]:
+    """The GPU ids of --cuda_devices ("0,1,2,3"), checked: none negative, none twice."""
+    if not cuda_devices:
+        return []
+    try:
+        ids = [int(x) for x in str(cuda_devices).split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--cuda_devices {cuda_devices!r}: use comma-separated GPU ids, e.g. 0,1,2,3") from None
+    if any(i < 0 for i in ids):
+        raise ValueError(f"--cuda_devices {cuda_devices!r}: GPU ids are >= 0, as nvidia-smi numbers them")
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"--cuda_devices {cuda_devices!r}: lists a GPU twice; give each id once")
+    return ids
 
 
 @dataclasses.dataclass
@@ -226,7 +238,8 @@ class EvalConfig:
     global_seed: int = field(42, "seed of the built-in data")
     engine: str = field("vllm", "engine backend (vllm, hf, fake)")
     num_engines: int = field(1, "engines evaluating in parallel")
-    device: str = field("cpu", "cpu or cuda")
+    device: str = field("auto", "cpu, cuda, or auto (cuda when --cuda_devices is given)")
+    cuda_devices: str | None = field(None, "comma-separated GPU ids, e.g. 0,1: one engine per id")
     precision: str = field("auto", "model dtype in vLLM")
     max_tokens: int = field(1024, "most tokens per completion")
     max_model_len: int = field(2048, "longest prompt + completion")
@@ -245,8 +258,21 @@ class EvalConfig:
         for name in ("max_tokens", "max_model_len", "num_engines", "test_size"):
             if getattr(self, name) < 1:
                 bad(name, getattr(self, name), "must be >= 1")
-        if self.device not in ("cpu", "cuda"):
-            bad("device", self.device, "use cpu or cuda")
+        if self.device not in ("auto", "cpu", "cuda"):
+            bad("device", self.device, "use auto, cpu or cuda")
+        if self.device == "cpu" and self.cuda_devices:
+            bad("cuda_devices", self.cuda_devices, "GPU ids with --device cpu; drop one of the two")
+        parse_gpu_ids(self.cuda_devices)
+
+    @property
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        return "cuda" if self.cuda_devices else "cpu"
+
+    @property
+    def gpu_ids(self) -> list[int]:
+        return parse_gpu_ids(self.cuda_devices)
 
     @property
     def reward_spec(self) -> str:
@@ -283,23 +309,25 @@ def check_environment(config: RunConfig) -> None:
     if config.dry_run and config.gpu_memory_gb:  # planning for GPUs this machine may not have
         return
     if config.resolved_device == "cuda":
-        available = count_gpus()
-        if available == 0:
-            raise ValueError(
-                f"--cuda_devices {config.cuda_devices!r}: this machine has no CUDA GPU; "
-                "use --device cpu --num_engines N"
-            )
-        wanted = config.gpu_ids or list(range(config.num_engines * config.tensor_parallel_size))
-        missing = [g for g in wanted if g >= available]
-        if missing:
-            raise ValueError(f"--cuda_devices {config.cuda_devices!r}: GPUs {missing} do not exist "
-                             f"({available} here: ids 0..{available - 1})")
+        check_gpu_ids(config.cuda_devices, config.gpu_ids or list(range(config.num_engines * config.tensor_parallel_size)))
     else:
         cores = len(os.sched_getaffinity(0))
         needed = config.num_engines * config.tensor_parallel_size
         if needed > cores:
             raise ValueError(f"--num_engines {config.num_engines} x --tensor_parallel_size {config.tensor_parallel_size}: "
                              f"{needed} cores wanted, {cores} here")
+
+
+def check_gpu_ids(cuda_devices, wanted: list[int]) -> None:
+    """The GPUs a run or an evaluation wants exist on this machine (nvidia-smi's ids)."""
+    available = count_gpus()
+    if available == 0:
+        raise ValueError(f"--cuda_devices {cuda_devices!r}: this machine has no CUDA GPU; "
+                         "use --device cpu --num_engines N")
+    missing = [g for g in wanted if g >= available]
+    if missing:
+        raise ValueError(f"--cuda_devices {cuda_devices!r}: GPUs {missing} do not exist "
+                         f"({available} here: ids 0..{available - 1})")
 
 
 def count_gpus() -> int:

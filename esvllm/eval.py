@@ -130,6 +130,10 @@ def main(argv=None) -> dict:
     parser = build_parser(EvalConfig, "python -m esvllm.eval", __doc__.splitlines()[0])
     try:
         config = EvalConfig(**vars(parser.parse_args(argv)))
+        if config.resolved_device == "cuda":
+            from esvllm.config import check_gpu_ids
+
+            check_gpu_ids(config.cuda_devices, config.gpu_ids or list(range(config.num_engines)))
         from esvllm.models import resolve_model
         from esvllm.scoring import Scorer
         from rewards.data import Formatter, load_samples, task_splits
@@ -148,8 +152,9 @@ def main(argv=None) -> dict:
     from engines.pool import EngineOptions, EnginePool
     from esvllm.updatelog import UpdateLog
 
-    options = EngineOptions(device=config.device, backend=config.engine, num_engines=config.num_engines,
-                            dtype=config.precision, max_model_len=config.max_model_len)
+    options = EngineOptions(device=config.resolved_device, backend=config.engine, num_engines=config.num_engines,
+                            cuda_devices=config.gpu_ids or None, dtype=config.precision,
+                            max_model_len=config.max_model_len)
     pool = EnginePool.start(model, options)
     try:
         summary, rows = evaluator.run(Fleet(pool, UpdateLog()), samples)

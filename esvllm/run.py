@@ -94,6 +94,12 @@ def report_dry_run(config: RunConfig, inputs: dict) -> None:
           + f"; longest prompt {facts['longest_prompt_tokens']} tokens"
           + (" (estimated: no tokenizer)" if facts["prompt_lengths_estimated"] else ""))
     summary = {"fits": True, "device": config.resolved_device, **facts}
+    if config.resolved_device == "cuda":
+        ids = config.gpu_ids or list(range(config.num_engines * config.tensor_parallel_size))
+        engines = len(ids) // config.tensor_parallel_size
+        print(f"GPUs: {','.join(map(str, ids))} (CUDA_VISIBLE_DEVICES of the run's Ray): {engines} engine(s) of "
+              f"{config.tensor_parallel_size} GPU(s)")
+        summary["cuda_devices"] = ids
     if plan is not None:
         print(plan.describe())
         summary.update(plan.to_dict())
@@ -141,7 +147,7 @@ def train(config: RunConfig, inputs: dict | None = None) -> Path:
     import ray
 
     from engines.fleet import Fleet
-    from engines.pool import EngineOptions, EnginePool, exit_without_ray, init_ray, private_ray_is_gone
+    from engines.pool import EngineOptions, EnginePool, exit_without_ray, private_ray_is_gone, start_ray
     from esvllm.coordinator import Coordinator
     from esvllm.eval import Evaluator
     from esvllm.runlog import write_atomic
@@ -156,8 +162,7 @@ def train(config: RunConfig, inputs: dict | None = None) -> Path:
     print(f"run directory: {run_dir}" + (f" (resuming at iteration {start})" if config.resume else ""), flush=True)
 
     options = EngineOptions.from_config(config, inputs["plan"])
-    owns_ray = init_ray(config.ray_address, verbose=config.verbose,
-                        num_cpus=None if config.ray_address else max(options.num_engines, 1))
+    owns_ray = start_ray(options, config.ray_address, config.verbose)  # with the --cuda_devices ids
     pool = coordinator = None
     ray_gone = False
     try:

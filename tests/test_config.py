@@ -1,5 +1,6 @@
 """Bad configuration fails before any engine starts, with a message naming the value; --help is instant."""
 
+import os
 import subprocess
 import sys
 
@@ -105,3 +106,44 @@ def test_gpu_ids_that_do_not_exist_are_named_before_start(monkeypatch):
 
     monkeypatch.setattr(esvllm.config, "count_gpus", lambda: 2)
     fails_with(["--cuda_devices", "1,2,3"], "--cuda_devices", "[2, 3] do not exist", "0..1")
+
+
+class RayStarted(Exception):
+    """Raised by the patched ray.init: what it was given is recorded, nothing starts."""
+
+
+@pytest.fixture
+def recorded_ray(monkeypatch):
+    """ray.init patched to record the GPUs a private Ray would see, on a machine with 8 GPUs."""
+    import ray
+
+    seen = {}
+
+    def init(*args, **kwargs):
+        seen.update(visible=os.environ.get("CUDA_VISIBLE_DEVICES"), num_gpus=kwargs.get("num_gpus"),
+                    address=kwargs.get("address"))
+        raise RayStarted
+
+    monkeypatch.setattr("esvllm.config.count_gpus", lambda: 8)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    return seen
+
+
+def test_the_cuda_devices_given_to_esvllm_run_are_the_gpus_its_ray_sees(recorded_ray, tmp_path):
+    from esvllm.run import main
+
+    with pytest.raises(RayStarted):
+        main(["--model_name", "tiny", "--task", "conciseness", "--cuda_devices", "4,5", "--engine", "fake", "--max_tokens", "12", "--gpu_memory_gb", "80",
+              "--population_size", "4", "--num_iterations", "1", "--output_dir", str(tmp_path)])
+    assert recorded_ray == {"visible": "4,5", "num_gpus": 2, "address": "local"}
+
+
+def test_the_cuda_devices_given_to_esvllm_eval_are_the_gpus_its_ray_sees(recorded_ray, tmp_path):
+    from esvllm.eval import main
+
+    with pytest.raises(RayStarted):
+        main(["--model", "tiny", "--task", "conciseness", "--cuda_devices", "6,7", "--engine", "fake", "--max_tokens", "12",
+              "--num_engines", "2", "--output", str(tmp_path / "eval.jsonl")])
+    assert recorded_ray == {"visible": "6,7", "num_gpus": 2, "address": "local"}
