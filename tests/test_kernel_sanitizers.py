@@ -69,3 +69,24 @@ def test_the_kernel_source_runs_clean_under_the_sanitizers_and_computes_the_refe
                           capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert done.stdout == expected_outputs(words, key)
+
+
+def test_the_portable_level_builds_for_aarch64_and_computes_the_reference(tmp_path):
+    """Graviton, Grace: the portable level cross-compiled for aarch64 and run under qemu (where the
+    cross compiler and qemu-aarch64 are installed; on an aarch64 machine the tests above run natively)."""
+    cross, qemu = shutil.which("aarch64-linux-gnu-gcc"), shutil.which("qemu-aarch64")
+    if not (cross and qemu):
+        pytest.skip("no aarch64 cross compiler and qemu-aarch64 here (apt: gcc-aarch64-linux-gnu qemu-user)")
+    flags = [f for f in noise_cpu.COMMON_FLAGS if f not in ("-shared", "-fPIC")] + ["-DESVLLM_PORTABLE", "-static"]
+    driver = tmp_path / "driver-aarch64"
+    done = subprocess.run([cross, *flags, str(noise_cpu.SOURCE), str(DRIVER), "-o", str(driver), "-lm"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    words = kernel_check.edge_words()
+    key = philox_key(5, "model.embed_tokens.weight")
+    (tmp_path / "table").write_bytes(np.array(quantile_table(), dtype=np.int32).tobytes())
+    (tmp_path / "words").write_bytes(words.numpy().astype(np.uint32).tobytes())
+    ran = subprocess.run([qemu, str(driver), str(tmp_path / "table"), str(tmp_path / "words"), str(key[0]),
+                          str(key[1])], capture_output=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr.decode()[-2000:]
+    assert ran.stdout == expected_outputs(words, key)
