@@ -185,3 +185,23 @@ def test_a_run_whose_best_cpu_kernel_is_wrong_trains_on_the_next_level_down(refe
         assert engine["cpu_kernel"] == levels[1] and list(engine["cpu_kernel_refused"]) == [levels[0]]
         assert engine["cpu"] == noise_cpu.cpu_model()
     assert_same_run(run_dir, reference)
+
+
+@pytest.mark.parametrize("damage", ["truncated_shard", "missing_model"])
+def test_resume_skips_a_broken_latest_checkpoint_with_a_warning(reference, tmp_path, damage, caplog):
+    import logging
+
+    run_dir = run(tmp_path, "run", [*FIVE, "--num_iterations", "3"], base=FAKE)
+    broken = latest_checkpoint(run_dir)
+    assert broken.name == "iter_000003"
+    shard = broken / "model" / "model.safetensors"
+    if damage == "truncated_shard":  # a disk that filled, a copy cut short
+        with open(shard, "r+b") as f:
+            f.truncate(shard.stat().st_size // 2)
+    else:
+        shutil.rmtree(broken / "model")
+    with caplog.at_level(logging.WARNING, logger="esvllm.checkpoint"):
+        main(["--resume", str(run_dir), "--num_iterations", "5"])
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "esvllm.checkpoint"]
+    assert str(broken) in warning and ("truncated" in warning or "missing" in warning)
+    assert_same_run(run_dir, reference)  # from iter_000002 and the update log: the undisturbed result
