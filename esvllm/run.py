@@ -247,5 +247,14 @@ def report(run_dir: Path) -> None:
     print(f"TensorBoard logs: {run_dir}  (make tensorboard, or: tensorboard --logdir {run_dir} --host 127.0.0.1)")
 
 
+def cli() -> None:
+    """`python -m esvllm.run`: main, with Ctrl-C before training starts (imports, checks) said in one line."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("\ninterrupted before the run started: nothing was saved", file=sys.stderr)
+        sys.exit(130)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

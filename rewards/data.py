@@ -44,13 +44,21 @@ class Formatter:
     def __call__(self, row: dict, where: str) -> dict:
         field = self.field or next((f for f in PROMPT_FIELDS if f in row), None)
         if field is None or field not in row:
-            wanted = f"column {self.field!r}" if self.field else f"any of the columns {list(PROMPT_FIELDS)}"
+            wanted = f"column {self.field!r}" if self.field else f"column among {list(PROMPT_FIELDS)}"
             raise ValueError(f"{where}: no {wanted} for the prompt; its columns are {sorted(row)} "
                              "(name one with --prompt_field)")
+        value = row[field]
+        if isinstance(value, str) and not value.strip():
+            raise ValueError(f"{where}: the prompt ({field!r}) is empty; fill it or remove the row")
+        if not isinstance(value, (str, list)):
+            raise ValueError(f"{where}: the prompt ({field!r}) is {type(value).__name__} {value!r}, not text; "
+                             "give a string (or a list of chat messages)")
         sample = dict(row)
         if "answer" in sample and "target" not in sample:
             sample["target"] = sample["answer"]
-        sample["prompt"] = self.format(row[field])
+        sample["prompt"] = self.format(value)
+        if not sample["prompt"].strip():
+            raise ValueError(f"{where}: the prompt is empty after the {self.template!r} template; fill it or remove the row")
         return sample
 
     def format(self, value) -> str:
@@ -77,6 +85,12 @@ class Formatter:
 
 def load_rows(spec: str) -> list[dict]:
     """Rows of a .json, .jsonl or HF `save_to_disk` directory (`DIR:split` for one split)."""
+    return [row for _, row in located_rows(spec)]
+
+
+def located_rows(spec: str) -> list[tuple[str, dict]]:
+    """(where, row) of each row of a data file: `FILE: line N` for JSONL, `FILE: row N` otherwise;
+    a row that is not valid JSON or not an object is named with its line and the fix."""
     path, split = spec, None
     if not Path(spec).expanduser().exists() and ":" in spec:
         path, split = spec.rsplit(":", 1)
@@ -84,22 +98,37 @@ def load_rows(spec: str) -> list[dict]:
     if not source.exists():
         raise FileNotFoundError(f"data file {spec!r} does not exist ({source.resolve()})")
     if source.is_dir():
-        rows = _load_hf_dataset(source, split, spec)
+        located = [(f"{spec}: row {i}", row) for i, row in enumerate(_load_hf_dataset(source, split, spec))]
     elif source.suffix == ".jsonl":
-        rows = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
+        located = []
+        for number, line in enumerate(source.read_text().splitlines(), start=1):
+            if line.strip():
+                try:
+                    located.append((f"{spec}: line {number}", json.loads(line)))
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{spec}: line {number} is not valid JSON ({exc.msg} at column {exc.colno}); "
+                                     "fix or remove that line") from None
     else:
-        rows = json.loads(source.read_text())
+        try:
+            rows = json.loads(source.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{spec}: not valid JSON at line {exc.lineno}, column {exc.colno} ({exc.msg})") from None
         if isinstance(rows, dict):  # {"train": [...]} style
             rows = rows[split] if split else rows.get("train") or next(iter(rows.values()))
-    if not rows:
+        located = [(f"{spec}: row {i}", row) for i, row in enumerate(rows)]
+    if not located:
         raise ValueError(f"data file {spec!r} holds no samples")
-    return rows
+    for where, row in located:
+        if not isinstance(row, dict):
+            raise ValueError(f"{where} is a {type(row).__name__}, not an object with a prompt field; "
+                             'write each row as {"prompt": ..., ...}')
+    return located
 
 
 def load_samples(spec: str, formatter: Formatter | None = None) -> list[dict]:
     """Samples of a data file; the default formatter takes the prompt as it is."""
     formatter = formatter or Formatter("custom")
-    return [formatter(row, f"{spec}: sample {i}") for i, row in enumerate(load_rows(spec))]
+    return [formatter(row, where) for where, row in located_rows(spec)]
 
 
 def _load_hf_dataset(source: Path, split: str | None, spec: str) -> list[dict]:

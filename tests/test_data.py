@@ -82,7 +82,7 @@ def fails_before_start(argv, monkeypatch, *fragments):
 def test_a_missing_column_is_named_with_the_columns_there(tmp_path, monkeypatch):
     (tmp_path / "d.jsonl").write_text(json.dumps({"instruction": "hi", "output": "yo"}))
     fails_before_start(["--task", "conciseness", "--data", str(tmp_path / "d.jsonl"), "--data_sample", "1"],
-                       monkeypatch, "no any of the columns", "['instruction', 'output']", "--prompt_field")
+                       monkeypatch, "no column among", "['instruction', 'output']", "--prompt_field")
     fails_before_start(["--task", "conciseness", "--data", str(tmp_path / "d.jsonl"), "--data_sample", "1",
                         "--prompt_field", "question"], monkeypatch, "no column 'question'")
 
@@ -109,3 +109,32 @@ def test_a_reward_that_is_never_finite_stops_the_run_with_a_checkpoint(tmp_path,
         run(tmp_path, "run", ["--reward", "tests.reward_helpers:always_nan"], base=FAKE)
     [run_dir] = list((tmp_path / "run").iterdir())
     assert latest_checkpoint(run_dir) is not None
+
+
+BAD_ROWS = {
+    "empty_prompt": ('{"prompt": ""}', "line 2: the prompt ('prompt') is empty; fill it or remove the row"),
+    "cut_short": ('{"prompt": "a", "target"', "line 2 is not valid JSON"),
+    "not_text": ('{"prompt": 42}', "line 2: the prompt ('prompt') is int 42, not text"),
+    "no_prompt": ('{"question_text": "a"}', "line 2: no column among"),
+    "not_an_object": ('["a", "b"]', "line 2 is a list, not an object"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ROWS))
+@pytest.mark.parametrize("flag", ["--data", "--eval_data"])
+def test_a_bad_data_row_is_named_by_file_and_line_before_anything_starts(tmp_path, monkeypatch, case, flag):
+    import ray
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray started before the data was checked"))
+    line, message = BAD_ROWS[case]
+    good = "\n".join(json.dumps({"prompt": f"word of {n} letters:"}) for n in range(8)) + "\n"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "fine"}) + "\n" + line + "\n")
+    (tmp_path / "good.jsonl").write_text(good)
+    data = [flag, str(bad)] + (["--data", str(tmp_path / "good.jsonl")] if flag == "--eval_data" else [])
+    argv = ["--model_name", "tiny", "--task", "conciseness", "--engine", "fake", "--data_sample", "2",
+            "--max_tokens", "8", "--output_dir", str(tmp_path / "runs"), *data]
+    for extra in ([], ["--dry_run"]):  # the dry run reports the same
+        with pytest.raises(SystemExit) as stop:
+            main(argv + extra)
+        assert str(stop.value.code).startswith(f"error: {bad}: ") and message in str(stop.value.code)
