@@ -134,7 +134,18 @@ def _constants() -> dict:
     return {"BLOCK": BLOCK, "K": TABLE_BITS, "SCALE": 2.0**-FRACTION_BITS}
 
 
+def _require_rows(**tensors: torch.Tensor) -> None:
+    """The kernels index rows x width tensors as contiguous float32 memory: a transposed or strided
+    view would be read and written at the wrong elements, so it is refused."""
+    for name, tensor in tensors.items():
+        if tensor.dim() != 2 or not tensor.is_contiguous() or tensor.dtype not in (torch.float32, torch.bfloat16,
+                                                                                  torch.float16):
+            raise ValueError(f"noise kernel argument {name}: a contiguous 2-D float tensor is needed, got shape "
+                             f"{tuple(tensor.shape)} strides {tensor.stride()} {tensor.dtype}; pass .contiguous()")
+
+
 def fill_rows(out: torch.Tensor, key: tuple[int, int], row0: int, col0: int, row_stride: int) -> None:
+    _require_rows(out=out)
     grid, chunks = _grid(out)
     _fill_kernel[grid](out, _table(out.device), key[0], key[1], row0, col0, row_stride, out.shape[1], chunks,
                        **_constants())
@@ -142,6 +153,9 @@ def fill_rows(out: torch.Tensor, key: tuple[int, int], row0: int, col0: int, row
 
 def perturb_rows(dst: torch.Tensor, master: torch.Tensor, key: tuple[int, int], sigma: float,
                  row0: int, col0: int, row_stride: int) -> None:
+    _require_rows(dst=dst, master=master)
+    if dst.shape != master.shape:
+        raise ValueError(f"noise kernel: dst {tuple(dst.shape)} and master {tuple(master.shape)} differ in shape")
     grid, chunks = _grid(master)
     _perturb_kernel[grid](dst, master, _table(master.device), key[0], key[1], float(sigma), row0, col0,
                           row_stride, master.shape[1], chunks, **_constants())
@@ -149,6 +163,7 @@ def perturb_rows(dst: torch.Tensor, master: torch.Tensor, key: tuple[int, int], 
 
 def combine_rows(out: torch.Tensor, keys: list[tuple[int, int]], coefficients: list[float],
                  row0: int, col0: int, row_stride: int) -> None:
+    _require_rows(out=out)
     keys_t = torch.tensor(keys, dtype=torch.int64, device=out.device)
     coeffs_t = torch.tensor(coefficients, dtype=torch.float32, device=out.device)
     grid, chunks = _grid(out)

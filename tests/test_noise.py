@@ -130,11 +130,22 @@ expected = torch.zeros(5, 37)
 for s, c in zip(seeds, coefficients):
     expected += torch.tensor(c, dtype=torch.float32) * noise_reference(s, name, index)
 assert torch.equal(out, expected), "combine"
+transposed = torch.empty(37, 5).t()  # a (5, 37) view whose rows are not contiguous
+for call in (lambda: noise_triton.fill_rows(transposed, philox_key(9, name), 0, 0, 37),
+             lambda: noise_triton.perturb_rows(transposed, master, philox_key(9, name), 0.01, 0, 0, 37),
+             lambda: noise_triton.perturb_rows(dst, master.t().contiguous().t(), philox_key(9, name), 0.01, 0, 0, 37),
+             lambda: noise_triton.combine_rows(transposed, [philox_key(1, name)], [0.5], 0, 0, 37)):
+    try:
+        call()
+    except ValueError as exc:
+        assert "contiguous 2-D float tensor" in str(exc) and "strides" in str(exc), exc
+    else:
+        raise AssertionError("a non-contiguous view was accepted")
 print("ok")
 """
 
 
-def test_the_cuda_kernels_compute_the_reference_in_triton_s_interpreter():
+def test_the_cuda_kernels_compute_the_reference_and_refuse_strided_views_in_triton_s_interpreter():
     # The kernels of esvllm.noise_triton run on CPU tensors under TRITON_INTERPRET=1; on a GPU the
     # same code is compiled (the gpu-marked test and `make gpu-check` check it there).
     env = {**os.environ, "TRITON_INTERPRET": "1"}
