@@ -46,6 +46,7 @@ class FakeEngineActor(EngineActorBase):
         self.es.restore()
         self.die_on_call = options.get("die_on_call")  # (method or None, k)
         self.calls = 0
+        self.lowrank_slots = options.get("lowrank_slots", 0)
         self.corrupt_at = corrupt_spec(index)  # the update after which this engine corrupts a weight
         self.updates = 0
         self.info = self.es.info()
@@ -84,6 +85,12 @@ class FakeEngineActor(EngineActorBase):
             if self.updates == self.corrupt_at:
                 next(iter(self.es.tensors().values())).view(-1)[0] += 1e-3
         return result
+
+    def rollout_lowrank(self, members, sigma, rank, prompts, sampling) -> dict:
+        bad = [slot for _, slot in members if not 1 <= slot <= self.lowrank_slots]
+        if bad:  # as engines.lora_slots: a slot the engine does not have
+            raise KeyError(f"low-rank slots {bad}: this engine has slots 1..{self.lowrank_slots}")
+        return super().rollout_lowrank(members, sigma, rank, prompts, sampling)
 
     def generate(self, prompts: list[str], sampling: dict) -> list[dict]:
         self._count_call("generate")

@@ -168,7 +168,10 @@ class Fleet:
         antithetic pair (one engine, one draw), or, in low-rank mode, one batch of members per engine."""
         mini = config.mini_batch_size
         if config.perturbation == "lowrank":
-            size = -(-len(seeds) // len(self.engines))
+            # A batch never holds more members than an engine has adapter slots: with fewer engines
+            # alive than the run started with, engines take more batches (rounds), not bigger ones.
+            slots = self.pool.options.lowrank_slots or len(seeds)
+            size = min(slots, -(-len(seeds) // len(self.engines)))
             chunks = [seeds[i : i + size] for i in range(0, len(seeds), size)]
             jobs = [("rollout_lowrank", [(s, k + 1) for k, s in enumerate(chunk)], sigma, config.rank, prompts,
                      sampling(chunk[0])) for chunk in chunks]

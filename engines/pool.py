@@ -377,8 +377,8 @@ def actor_options(model_path: str, options: EngineOptions, index: int = 0) -> di
     dtype = options.model_dtype()
     master = dtype if options.master_dtype == "model" else "float32"
     es = {"master_dtype": master, "noise_cache_bytes": options.noise_cache_bytes(), "noise_mode": options.noise_mode}
-    if options.backend == "fake":
-        return {"dtype": dtype, **es}
+    if options.backend == "fake":  # it holds as many low-rank slots as a vLLM engine would
+        return {"dtype": dtype, **es, "lowrank_slots": options.lowrank_slots}
     if options.backend == "hf":
         cores = [int(c) for c in engine_cores(options)[index].split(",")] if options.device == "cpu" else None
         return {"dtype": dtype, "device": options.device, "cores": cores, **es}

@@ -1,5 +1,7 @@
 """Shared pieces of the training tests: the small runs they compare against."""
 
+import signal
+
 import torch
 from safetensors.torch import load_file
 
@@ -33,3 +35,9 @@ def without_timing(records):
 
 def without_eval(records):
     return [{k: v for k, v in r.items() if k != "eval"} for r in without_timing(records)]
+
+
+def terminal_signals() -> None:
+    """In the child: SIGINT as a terminal's foreground job has it (a test runner's workers may ignore
+    it, and an ignored signal is inherited)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -18,7 +18,7 @@ import pytest
 from esvllm.run import main
 from esvllm.runlog import read_metrics
 
-from .helpers import ARGS, final_weights, same_weights, without_timing
+from .helpers import ARGS, final_weights, same_weights, terminal_signals, without_timing
 
 pytestmark = pytest.mark.engine
 
@@ -78,7 +78,7 @@ def test_a_signal_to_the_process_group_resumes_bit_identical_and_leaves_no_proce
     on real vLLM engines mid-run; tests/test_interrupts.py covers every stage on fake engines."""
     cmd = [sys.executable, "-m", "esvllm.run", *ARGS, "--output_dir", str(tmp_path), "--save_every", "1"]
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)
+                               start_new_session=True, preexec_fn=terminal_signals)
     run_dir = wait_for_iterations(tmp_path, 1, process)
     children = descendants(process.pid)
     assert any("raylet" in " ".join(c.cmdline()) for c in children if c.is_running())

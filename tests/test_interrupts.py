@@ -19,7 +19,7 @@ import pytest
 from esvllm.run import main
 from esvllm.runlog import read_metrics
 
-from .helpers import FAKE, final_weights, run, same_weights, without_timing
+from .helpers import FAKE, final_weights, run, same_weights, terminal_signals, without_timing
 
 pytestmark = pytest.mark.ray
 
@@ -59,7 +59,7 @@ def test_an_interrupt_at_each_stage_resumes_to_the_uninterrupted_result(uninterr
     output_dir = tmp_path / "runs"
     process = subprocess.Popen([sys.executable, "-m", "esvllm.run", *RUN, "--output_dir", str(output_dir)],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                               start_new_session=True)  # its own process group, as a shell job or a batch step
+                               start_new_session=True, preexec_fn=terminal_signals)  # as a shell job or a batch step
     deadline = time.monotonic() + 180
     while not marker.exists():
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0][-3000:]

@@ -104,10 +104,9 @@ def test_a_replacement_outlives_the_checkpoint_it_started_from(reference, tmp_pa
     assert_same_run(run_dir, reference)
 
 
-def test_when_no_engine_can_start_the_run_saves_a_checkpoint_and_stops(tmp_path, monkeypatch, ray_session):
+def block_replacements(monkeypatch, tmp_path) -> None:
+    """Engines started again after a death fail to load (their model path does not exist)."""
     from engines.pool import EnginePool
-    from esvllm.checkpoint import latest_checkpoint, load_state
-    from esvllm.updatelog import UpdateLog
 
     spawn = EnginePool.spawn
 
@@ -117,6 +116,12 @@ def test_when_no_engine_can_start_the_run_saves_a_checkpoint_and_stops(tmp_path,
         return spawn(self, index, model_path)
 
     monkeypatch.setattr(EnginePool, "spawn", replacements_cannot_load)
+
+
+def test_when_no_engine_can_start_the_run_saves_a_checkpoint_and_stops(tmp_path, monkeypatch, ray_session):
+    from esvllm.updatelog import UpdateLog
+
+    block_replacements(monkeypatch, tmp_path)
     with pytest.raises(SystemExit, match="error: every engine died.*checkpoint saved"):  # no traceback
         disturbed(tmp_path, monkeypatch, "0:12", ["--num_engines", "1"])
     [run_dir] = [p.parent for p in tmp_path.glob("*/*/engines.json")]
@@ -205,3 +210,17 @@ def test_resume_skips_a_broken_latest_checkpoint_with_a_warning(reference, tmp_p
     [warning] = [r.getMessage() for r in caplog.records if r.name == "esvllm.checkpoint"]
     assert str(broken) in warning and ("truncated" in warning or "missing" in warning)
     assert_same_run(run_dir, reference)  # from iter_000002 and the update log: the undisturbed result
+
+
+def test_a_low_rank_run_that_loses_an_engine_runs_more_rounds_on_the_others_with_the_same_result(tmp_path,
+                                                                                               monkeypatch,
+                                                                                               ray_session):
+    lowrank = [*FIVE, "--perturbation", "lowrank", "--rank", "2"]
+    whole = run(tmp_path, "whole", lowrank, base=FAKE)
+    block_replacements(monkeypatch, tmp_path)
+    monkeypatch.setenv("ESVLLM_FAKE_DIE_ON_CALL", "1:apply_update:2")  # engine 1 dies in iteration 1's update
+    short = run(tmp_path, "short", lowrank, base=FAKE)
+    records = read_metrics(short)
+    assert [r["engines"] for r in records][-1] == 1  # the rest ran on one engine, two batches each
+    assert without_eval(records) == without_eval(read_metrics(whole))
+    assert same_weights(final_weights(short), final_weights(whole))
