@@ -98,11 +98,6 @@ def shape(rewards: Sequence[float], shaping: str = "zscore") -> list[float]:
     return SHAPINGS[shaping](rewards)
 
 
-def update_coefficients(rewards: Sequence[float], alpha: float, shaping: str = "zscore") -> list[float]:
-    """α/N · f_n for each member, f the shaped rewards: the weight of ε_n in the update."""
-    return [alpha / len(rewards) * f for f in shape(rewards, shaping)]
-
-
 def antithetic_coefficients(shaped: Sequence[float], scale: float) -> list[float]:
     """Mirrored pairs (member 2k: +eps_k, member 2k+1: -eps_k): sum_i f_i eps_i = sum_k (f_2k - f_2k+1) eps_k,
     so pair k's coefficient is scale * (f_2k - f_2k+1) and its noise is drawn once."""

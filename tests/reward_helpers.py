@@ -38,4 +38,8 @@ def nan_for_long_completions(completion: str, sample: dict) -> float:
 
 
 def always_nan(completion: str, sample: dict) -> float:
+    return float("nan")
+
+
+def always_inf(completion: str, sample: dict) -> float:
     return float("inf")

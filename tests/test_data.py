@@ -103,10 +103,11 @@ def test_a_reward_that_returns_nan_for_some_completions_is_scored_with_the_fallb
     assert all(r["reward_min"] >= -20 for r in records)
 
 
-def test_a_reward_that_is_never_finite_stops_the_run_with_a_checkpoint(tmp_path, ray_session):
+@pytest.mark.parametrize("reward", ["always_nan", "always_inf"])
+def test_a_reward_that_is_never_finite_stops_the_run_with_a_checkpoint(tmp_path, ray_session, reward):
     from esvllm.checkpoint import latest_checkpoint
     with pytest.raises(SystemExit, match="error: .*checkpoint saved"):
-        run(tmp_path, "run", ["--reward", "tests.reward_helpers:always_nan"], base=FAKE)
+        run(tmp_path, "run", ["--reward", f"tests.reward_helpers:{reward}"], base=FAKE)
     [run_dir] = list((tmp_path / "run").iterdir())
     assert latest_checkpoint(run_dir) is not None
 

@@ -96,11 +96,11 @@ def test_a_run_leaves_the_baseline_and_per_sample_records_that_recompute(tmp_pat
     for iteration, summary in zip((0, 2), evals):
         rows = [json.loads(line) for line in (run_dir / "eval" / f"iter_{iteration:06d}.jsonl").read_text().splitlines()]
         assert len(rows) == 16
-        for row in rows:
+        for row in rows:  # every record, not only the last
             again = addition_reward(row["completion"], row["sample"])
             assert {k: again[k] for k in ("reward", "answer", "format", "sum")} == \
                 {k: row[k] for k in ("reward", "answer", "format", "sum")}
+            assert row["prompt"] == f"{row['sample']['numbers'][0]}+{row['sample']['numbers'][1]}="
         for key, component in (("accuracy", "answer"), ("format_rate", "format"), ("sum_rate", "sum")):
             assert summary[key] == pytest.approx(sum(r[component] for r in rows) / 16)
-            assert row["prompt"] == f"{row['sample']['numbers'][0]}+{row['sample']['numbers'][1]}="
     assert (run_dir / "rewards.png").stat().st_size > 0

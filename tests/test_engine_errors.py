@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from engines.pool import EngineDiedError, EngineHandle, EngineOptions, EnginePool
+from engines.pool import EngineDiedError, EngineOptions, EnginePool
 from esvllm.models import resolve_model
 
 from .conftest import start_pool
@@ -19,10 +19,18 @@ def test_a_missing_model_path_is_named(tmp_path):
 
 
 @pytest.mark.parametrize("sigma", [0.0, -1e-3, math.nan, math.inf, -math.inf, "0.1", True])
-def test_bad_sigma_raises_before_any_rpc(sigma):
-    # The handle has no actor: reaching an RPC would raise AttributeError, not ValueError.
+def test_a_bad_sigma_is_refused_by_the_engines_perturb_before_any_weight_is_written(sigma):
+    # Training reaches ESState.perturb through every rollout job; the config refuses --sigma first.
+    import torch
+
+    from engines.es_state import ESState
+
+    master = {"w": torch.ones(3, 4)}
+    weights = {"w": torch.zeros(3, 4)}
+    state = ESState(master, lambda write: [write(n, t, weights[n]) for n, t in master.items()], None)
     with pytest.raises(ValueError, match="sigma"):
-        EngineHandle(0, actor=None).perturb(1, sigma)
+        state.perturb(1, sigma)
+    assert torch.equal(weights["w"], torch.zeros(3, 4)) and state.perturbation is None
 
 
 def test_more_cpu_engines_than_cores_is_refused():

@@ -1,10 +1,17 @@
-"""Seed schedule, reward shaping and update coefficients against hand-computed values."""
+"""Seed schedule, reward shaping and the update `tell` computes, against hand-computed values."""
 
 import math
 
 import pytest
 
-from esvllm.es import SHAPINGS, centered_rank, member_seeds, update_coefficients, zscore
+from esvllm.es import SHAPINGS, centered_rank, member_seeds, tell, zscore
+
+
+def coefficients(rewards, alpha, shaping="zscore"):
+    """The update's coefficients as production computes them (tell), seeds 100, 101, ..."""
+    pairs, options = tell(rewards, list(range(100, 100 + len(rewards))), alpha, shaping=shaping)
+    assert [s for s, _ in pairs] == list(range(100, 100 + len(rewards))) and options == {}
+    return [c for _, c in pairs]
 
 
 def test_zscore_matches_hand_computed_values():
@@ -14,12 +21,12 @@ def test_zscore_matches_hand_computed_values():
 
 
 def test_all_equal_rewards_give_a_zero_update_not_nan():
-    assert update_coefficients([0.5, 0.5, 0.5, 0.5], alpha=0.1) == [0.0, 0.0, 0.0, 0.0]
+    assert coefficients([0.5, 0.5, 0.5, 0.5], alpha=0.1) == [0.0, 0.0, 0.0, 0.0]
 
 
 def test_coefficients_are_alpha_over_n_times_z():
     # rewards 0, 1 -> z = -1, +1; alpha/N = 0.001/2
-    assert update_coefficients([0.0, 1.0], alpha=0.001) == pytest.approx([-0.0005, 0.0005])
+    assert coefficients([0.0, 1.0], alpha=0.001) == pytest.approx([-0.0005, 0.0005])
 
 
 def test_non_finite_rewards_are_refused():
@@ -57,9 +64,9 @@ def test_every_shaping_is_zero_mean_order_preserving_and_deterministic(shaping):
             if rewards[i] == rewards[j]:
                 assert shaped[i] == shaped[j]
     assert SHAPINGS[shaping](list(reversed(rewards))) == pytest.approx(list(reversed(shaped)), abs=1e-12)
-    assert update_coefficients(rewards, 0.1, shaping) == pytest.approx([0.1 / 11 * f for f in shaped])
+    assert coefficients(rewards, 0.1, shaping) == pytest.approx([0.1 / 11 * f for f in shaped])
 
 
 def test_an_unknown_shaping_is_named():
     with pytest.raises(ValueError, match="'ranks'"):
-        update_coefficients([1.0, 2.0], 0.1, "ranks")
+        coefficients([1.0, 2.0], 0.1, "ranks")
