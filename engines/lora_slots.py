@@ -67,6 +67,12 @@ class LoRASlots:
                     lora_b[:, :rank].copy_(a * scale)
         return {"written": len(members)}
 
+    def lora_buffer_bytes(self) -> int:
+        """Bytes of vLLM's LoRA slot buffers (every stacked A and B): the memory plan's LoRA term."""
+        adapters = self.model_runner.lora_manager._adapter_manager
+        return sum(t.numel() * t.element_size() for module in adapters.modules.values()
+                   for t in (*module.lora_a_stacked, *module.lora_b_stacked))
+
     def lowrank_layout(self) -> list[int]:
         """The slots' adapter ids: unchanged after every generate, or members would be mixed up."""
         return list(self.model_runner.lora_manager._adapter_manager.lora_index_to_id)

@@ -4,8 +4,14 @@ the run's sequences. Computed from the model's config.json alone (no weights, no
 Per GPU (tensor parallel size T):
   model       parameters x model dtype bytes / T
   ES state    the master (parameters x master bytes / T), the update buffer (largest tensor, fp32,
-              / T), the checksum's chunk temporaries, optimizer state, the noise cache (CPU only)
-  vLLM        gpu_memory_utilization x GPU memory: the model, activations, CUDA graphs, KV cache
+              / T), the checksum's chunk temporaries, optimizer state, the noise cache (CPU only),
+              and the update's largest temporary (Adam's denominator: the largest tensor in fp32;
+              low-rank mode: the members' stacked factors and their product for the largest block
+              linear)
+  vLLM        gpu_memory_utilization x GPU memory: the model, activations (vLLM profiles a batch of
+              16,384 tokens on GPUs of 70 GiB and more other than A100s, else 8,192), the LoRA slot
+              buffers in low-rank mode (slots x vLLM's LoRA rank x every block linear's A and B),
+              CUDA graphs (not counted: vLLM measures them at start), KV cache
   reserve     CUDA context and allocator slack outside both
 
 vLLM takes its share when the engine starts; the ES state is allocated afterwards in what is left,
@@ -70,6 +76,18 @@ class ModelShape:
         t = self.tensors()
         return max(t["embed"], t["gate"], t["q"], t["o"])
 
+    def lora_elements_per_slot_rank(self, tp: int) -> int:
+        """Elements of vLLM's LoRA buffers (A: rank x input, B: output x rank per slice) for one slot
+        and rank 1, every block linear of every layer, on one GPU: column-parallel layers (qkv,
+        gate_up) keep A whole and shard B; row-parallel ones (o, down) shard A and keep B whole."""
+        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        hidden, inter = self.hidden, self.intermediate
+        qkv = 3 * hidden + (q + 2 * kv) // tp
+        o = q // tp + hidden
+        gate_up = 2 * hidden + 2 * inter // tp
+        down = inter // tp + hidden
+        return self.layers * (qkv + o + gate_up + down)
+
     def kv_bytes_per_token(self, dtype_bytes: int, tp: int) -> int:
         """K and V of one token in every layer, on one GPU (KV heads split, or replicated when fewer than T)."""
         heads_here = max(1, self.kv_heads // tp)
@@ -86,6 +104,8 @@ class MemoryPlan:
     es_state_bytes: int
     activation_bytes: int
     kv_cache_bytes: int  # what vLLM's share leaves for the KV cache
+    lora_bytes: int  # vLLM's LoRA slot buffers (low-rank mode)
+    update_temporary_bytes: int  # the update's largest temporary (in the ES state)
     kv_cache_needed_bytes: int
     sequences: int
     tokens_per_sequence: int
@@ -99,8 +119,10 @@ class MemoryPlan:
         gb = lambda b: f"{b / GIB:.1f} GiB"
         lines = [f"memory plan per GPU ({self.gpu_memory_gb:g} GB, tensor parallel {self.tensor_parallel_size}): "
                  f"{self.parameters / 1e9:.2f}B parameters",
-                 f"  model weights {gb(self.model_bytes)}, ES state {gb(self.es_state_bytes)}, "
-                 f"activations ~{gb(self.activation_bytes)}, reserve {gb(CONTEXT_RESERVE)}",
+                 f"  model weights {gb(self.model_bytes)}, ES state {gb(self.es_state_bytes)} (update temporaries "
+                 f"{gb(self.update_temporary_bytes)}), activations ~{gb(self.activation_bytes)}"
+                 + (f", LoRA slots {gb(self.lora_bytes)}" if self.lora_bytes else "")
+                 + f", reserve {gb(CONTEXT_RESERVE)}",
                  f"  vLLM gpu_memory_utilization {self.gpu_memory_utilization:.3f}: KV cache {gb(self.kv_cache_bytes)} "
                  f"for {self.sequences} sequences x {self.tokens_per_sequence} tokens = "
                  f"{gb(self.kv_cache_needed_bytes)} needed",
@@ -111,8 +133,11 @@ class MemoryPlan:
 def plan(shape: ModelShape, gpu_memory_bytes: int, *, model_dtype: str = "bfloat16", master_dtype: str = "float32",
          tensor_parallel_size: int = 1, sequences: int = 1, tokens_per_sequence: int = 1024,
          optimizer_state_bytes_per_parameter: int = 0, max_num_batched_tokens: int = 8192,
-         gpu_memory_utilization: float | None = None) -> MemoryPlan:
-    """Memory per GPU of one engine; `gpu_memory_utilization` overrides the computed share."""
+         gpu_memory_utilization: float | None = None, optimizer: str = "sgd", lora_slots: int = 0,
+         lora_rank: int = 0, lowrank_members: int = 0, lowrank_rank: int = 0) -> MemoryPlan:
+    """Memory per GPU of one engine; `gpu_memory_utilization` overrides the computed share.
+    Low-rank mode: `lora_slots` adapters of vLLM's `lora_rank` per engine, and an update of
+    `lowrank_members` members of rank `lowrank_rank`."""
     tp = tensor_parallel_size
     model_bytes_per = DTYPE_BYTES[model_dtype]
     master_bytes_per = model_bytes_per if master_dtype == "model" else DTYPE_BYTES[master_dtype]
@@ -120,8 +145,10 @@ def plan(shape: ModelShape, gpu_memory_bytes: int, *, model_dtype: str = "bfloat
     model_bytes = math.ceil(params * model_bytes_per / tp)
     # master (+ optimizer state), the update's fp32 delta and an export's model-dtype copy of the
     # largest tensor, the checksum's chunk temporaries
+    temporary = update_temporary(shape, optimizer, lowrank_members, lowrank_rank, tp)
     es_state = (math.ceil(params * (master_bytes_per + optimizer_state_bytes_per_parameter) / tp)
-                + math.ceil(shape.largest_tensor * (4 + model_bytes_per) / tp) + CHECKSUM_TEMPORARY)
+                + math.ceil(shape.largest_tensor * (4 + model_bytes_per) / tp) + CHECKSUM_TEMPORARY + temporary)
+    lora = lora_slots * lora_rank * shape.lora_elements_per_slot_rank(tp) * model_bytes_per
     # vLLM profiles a forward pass of max_num_batched_tokens: the MLP's gate/up output dominates,
     # plus the sampler's logits for its sequences.
     activations = (max_num_batched_tokens * (shape.hidden * 6 + shape.intermediate * 4 // tp) * model_bytes_per
@@ -130,7 +157,7 @@ def plan(shape: ModelShape, gpu_memory_bytes: int, *, model_dtype: str = "bfloat
     if share is None:
         share = max(0.0, (gpu_memory_bytes - es_state - CONTEXT_RESERVE) / gpu_memory_bytes)
     share = math.floor(share * 1000) / 1000
-    kv_available = int(share * gpu_memory_bytes) - model_bytes - activations
+    kv_available = int(share * gpu_memory_bytes) - model_bytes - activations - lora
     kv_needed = sequences * tokens_per_sequence * shape.kv_bytes_per_token(model_bytes_per, tp)
     reasons = []
     if share * gpu_memory_bytes + es_state + CONTEXT_RESERVE > gpu_memory_bytes:
@@ -143,10 +170,34 @@ def plan(shape: ModelShape, gpu_memory_bytes: int, *, model_dtype: str = "bfloat
         fixes = [f"--tensor_parallel_size {tp * 2} (half the weights and ES state per GPU)"]
         if master_dtype != "model":
             fixes.append("--master_dtype model (no fp32 master: half the ES state, sub-ulp updates lost)")
+        if lora:
+            fixes.append(f"a smaller --rank (the {lora_slots} LoRA slots of rank {lora_rank} take "
+                         f"{lora / GIB:.1f} GiB) or more engines (fewer slots each)")
         fixes.append("fewer prompts per iteration (--batch_size) or a shorter --max_tokens")
         reasons.append("to fix: " + ", or ".join(fixes))
     return MemoryPlan(fits=not reasons, gpu_memory_gb=gpu_memory_bytes / 1e9, tensor_parallel_size=tp,
                       parameters=params, model_bytes=model_bytes, es_state_bytes=es_state,
-                      activation_bytes=activations, kv_cache_bytes=max(kv_available, 0),
+                      activation_bytes=activations, kv_cache_bytes=max(kv_available, 0), lora_bytes=lora,
+                      update_temporary_bytes=temporary,
                       kv_cache_needed_bytes=kv_needed, sequences=sequences, tokens_per_sequence=tokens_per_sequence,
                       gpu_memory_utilization=share, reasons=reasons)
+
+
+def update_temporary(shape: ModelShape, optimizer: str, lowrank_members: int, lowrank_rank: int, tp: int) -> int:
+    """The largest temporary an update allocates on one GPU: Adam's denominator (the largest tensor,
+    fp32), or in low-rank mode the members' stacked factors (rows and columns x members x rank) and
+    their product for the largest block linear (intermediate x hidden), fp32."""
+    temporaries = [0]
+    if optimizer == "adam":
+        temporaries.append(math.ceil(shape.largest_tensor * 4 / tp))
+    if lowrank_members:
+        rows, cols = shape.intermediate, shape.hidden
+        temporaries.append(math.ceil((lowrank_members * lowrank_rank * (rows + cols) + rows * cols) * 4 / tp))
+    return max(temporaries)
+
+
+def batched_tokens(gpu_memory_bytes: int, gpu_name: str | None = None) -> int:
+    """vLLM 0.32's default max_num_batched_tokens for the LLM class (engine/arg_utils.py): 16,384 on
+    GPUs of 70 GiB and more other than A100s, else 8,192 (an unknown GPU gets the larger batch)."""
+    large = gpu_memory_bytes >= 70 * GIB and "a100" not in (gpu_name or "").lower()
+    return 16384 if large else 8192

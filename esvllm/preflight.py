@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from esvllm.memory import MemoryPlan, ModelShape, plan
+from esvllm.memory import MemoryPlan, ModelShape, batched_tokens, plan
 
 CHARS_PER_TOKEN_ESTIMATE = 3  # without a tokenizer: fewer characters per token than Qwen's ~4, so lengths err high
 
@@ -56,15 +56,36 @@ def gpu_memory_bytes(config) -> int:
     raise ValueError("no GPU to plan for: pass --gpu_memory_gb G (the memory of one GPU, in GB)")
 
 
+def gpu_name(config) -> str | None:
+    """The first used GPU's name from nvidia-smi (None without one: planning for another machine)."""
+    if config.gpu_memory_gb or not shutil.which("nvidia-smi"):
+        return None
+    out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True,
+                         timeout=20)
+    names = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+    ids = config.gpu_ids or [0]
+    return names[ids[0]] if names and ids[0] < len(names) else None
+
+
 def memory_plan(config, model_dir: str, longest_prompt: int, optimizer_bytes: int = 0) -> MemoryPlan:
+    from engines.pool import EngineOptions, lora_rank_for, lowrank_slots
+
     shape = ModelShape.from_config(json.loads((Path(model_dir) / "config.json").read_text()))
     prompts = config.batch_size or config.data_sample
     dtype = config.precision if config.precision != "auto" else "bfloat16"
-    return plan(shape, gpu_memory_bytes(config), model_dtype=dtype, master_dtype=config.master_dtype,
-                tensor_parallel_size=config.tensor_parallel_size, sequences=prompts,
+    lowrank = config.perturbation == "lowrank"
+    slots = lowrank_slots(config) if lowrank else 0  # members an engine serves at once, each a LoRA slot
+    memory = gpu_memory_bytes(config)
+    return plan(shape, memory, model_dtype=dtype, master_dtype=config.master_dtype,
+                # the sequences an engine runs at once: every member's prompts, at most vLLM's max_num_seqs
+                tensor_parallel_size=config.tensor_parallel_size,
+                sequences=min(prompts * max(slots, 1), EngineOptions.max_num_seqs),
                 tokens_per_sequence=min(config.max_model_len, longest_prompt + config.max_tokens),
                 optimizer_state_bytes_per_parameter=optimizer_bytes,
-                gpu_memory_utilization=config.gpu_memory_utilization)
+                max_num_batched_tokens=batched_tokens(memory, gpu_name(config)),
+                gpu_memory_utilization=config.gpu_memory_utilization, optimizer=config.optimizer,
+                lora_slots=slots, lora_rank=lora_rank_for(config.rank) if lowrank else 0,
+                lowrank_members=config.population_size if lowrank else 0, lowrank_rank=config.rank if lowrank else 0)
 
 
 def preflight(config, model_dir: str, train: list[dict], evals: dict[str, list[dict]]) -> tuple[MemoryPlan | None, dict]:

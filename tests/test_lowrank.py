@@ -83,3 +83,17 @@ def test_a_low_rank_run_resumed_after_a_kill_ends_bit_identical(tmp_path, ray_se
     resumed = main(["--resume", str(first), "--num_iterations", "4"])
     assert without_eval(read_metrics(resumed)) == without_eval(read_metrics(whole))
     assert same_weights(final_weights(resumed), final_weights(whole))
+
+
+@pytest.mark.engine
+def test_the_memory_plans_lora_term_is_the_bytes_of_the_engines_lora_buffers(lowrank_and_dense, tiny_model):
+    import json
+    from pathlib import Path
+
+    from engines.pool import lora_rank_for
+    from esvllm.memory import ModelShape
+
+    lowrank, _ = lowrank_and_dense
+    shape = ModelShape.from_config(json.loads((Path(tiny_model) / "config.json").read_text()))
+    planned = 4 * lora_rank_for(RANK) * shape.lora_elements_per_slot_rank(1) * 4  # 4 slots, fp32 on CPU
+    assert lowrank.call("rpc", "lora_buffer_bytes") == planned

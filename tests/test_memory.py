@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from esvllm.memory import CHECKSUM_TEMPORARY, CONTEXT_RESERVE, ModelShape, plan
+from esvllm.memory import CHECKSUM_TEMPORARY, CONTEXT_RESERVE, GIB, ModelShape, batched_tokens, plan, update_temporary
 from esvllm.models import qwen25_config, write_qwen25_shaped
 
 GB = 10**9
@@ -64,3 +64,47 @@ def test_14b_on_one_80gb_gpu_is_refused_with_tensor_parallelism_as_the_fix(tmp_p
     assert "--tensor_parallel_size 2" in stdout
     code, result, _ = dry_run(tmp_path, "14B", 80, "--tensor_parallel_size", "2")
     assert code == 0 and result["fits"] and result["tensor_parallel_size"] == 2
+
+
+def test_the_lora_term_is_every_block_linears_a_and_b_per_slot_and_rank():
+    shape = ModelShape.from_config(qwen25_config("7B"))  # hidden 3584, intermediate 18944, 28 layers, KV 4 x 128
+    a = 3 * 3584 + 3584 + 2 * 3584 + 18944  # inputs: q, k, v; o; gate, up; down
+    b = (3584 + 512 + 512) + 3584 + 2 * 18944 + 3584  # outputs
+    assert shape.lora_elements_per_slot_rank(1) == 28 * (a + b)
+    for rank, gigabytes in ((8, 1.29), (64, 10.33)):  # 32 slots in bf16: 1.3 and 10.3 GB
+        lora = plan(shape, 141 * GB, lora_slots=32, lora_rank=rank).lora_bytes
+        assert lora == 32 * rank * 28 * (a + b) * 2 and lora / GB == pytest.approx(gigabytes, abs=0.01)
+
+
+def test_lora_buffers_come_out_of_the_kv_cache_and_a_rank_that_cannot_fit_is_refused_with_the_fix():
+    shape = ModelShape.from_config(qwen25_config("7B"))
+    plain, lowrank = plan(shape, 80 * GB, sequences=64), plan(shape, 80 * GB, sequences=64, lora_slots=32, lora_rank=64)
+    assert plain.kv_cache_bytes - lowrank.kv_cache_bytes == lowrank.lora_bytes
+    refused = plan(shape, 80 * GB, sequences=64, lora_slots=32, lora_rank=512)
+    assert not refused.fits and any("a smaller --rank" in r for r in refused.reasons)
+
+
+def test_vllms_batch_of_profiled_tokens_follows_the_gpu():
+    assert batched_tokens(80 * GB) == batched_tokens(141 * GB) == 16384  # H100, H200
+    assert batched_tokens(80 * GB, "NVIDIA A100-SXM4-80GB") == 8192
+    assert batched_tokens(40 * GB) == 8192
+    shape = ModelShape.from_config(qwen25_config("7B"))
+    small, large = plan(shape, 80 * GB, max_num_batched_tokens=8192), plan(shape, 80 * GB, max_num_batched_tokens=16384)
+    assert large.activation_bytes - small.activation_bytes == 8192 * (3584 * 6 + 18944 * 4) * 2
+
+
+def test_the_updates_largest_temporary_is_counted_in_the_es_state():
+    shape = ModelShape.from_config(qwen25_config("7B"))
+    adam = update_temporary(shape, "adam", 0, 0, 1)
+    assert adam == 152064 * 3584 * 4 and adam / GIB == pytest.approx(2.03, abs=0.01)  # the embedding, fp32
+    lowrank = update_temporary(shape, "sgd", 32, 512, 1)
+    assert lowrank == (32 * 512 * (18944 + 3584) + 18944 * 3584) * 4  # stacked factors and their product
+    assert plan(shape, 141 * GB, optimizer="adam").es_state_bytes - plan(shape, 141 * GB).es_state_bytes == adam
+
+
+def test_a_low_rank_dry_run_plans_the_lora_slots_and_every_members_sequences(tmp_path):
+    code, result, stdout = dry_run(tmp_path, "7B", 80, "--cuda_devices", "4,5", "--perturbation", "lowrank",
+                                   "--rank", "64")
+    assert code == 0 and result["fits"] and result["cuda_devices"] == [4, 5]
+    assert "GPUs: 4,5" in stdout and "LoRA slots" in stdout
+    assert result["lora_bytes"] > 0 and result["sequences"] == 256  # 200 prompts x 15 members, at most max_num_seqs
