@@ -30,7 +30,8 @@ QUIET_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_LEVEL": os.env
              "TQDM_DISABLE": "1"}
 # The driver's choices that the engines' processes must see too (Ray's workers keep the environment
 # Ray started with): the CPU kernel level cap, the kernel cache, and the tests' fault injection.
-FORWARDED_ENV = ("ESVLLM_CPU_KERNEL", "ESVLLM_KERNEL_FAULT", "ESVLLM_CACHE", "ESVLLM_FAKE_CORRUPT", "ESVLLM_FAKE_HOLD")
+FORWARDED_ENV = ("ESVLLM_CPU_KERNEL", "ESVLLM_KERNEL_FAULT", "ESVLLM_CACHE", "ESVLLM_FAKE_CORRUPT", "ESVLLM_FAKE_HOLD",
+                 "VLLM_USE_V2_MODEL_RUNNER")
 
 
 class EngineDiedError(RuntimeError):
@@ -53,6 +54,7 @@ class EngineOptions:
     gpu_memory_utilization: float = 0.85  # CUDA only (the memory plan sets it); CPU sizes the KV cache
     tensor_parallel_size: int = 1  # GPUs (CPU: core groups) per engine
     noise_mode: str = "iid"  # or "paper_correlated": one noise stream per member for every tensor
+    es_state: bool = True  # False: generation only (evaluation), the weights as vLLM loads them, no master
     lowrank_slots: int = 0  # low-rank mode: members an engine serves at once as LoRA adapters (0: off)
     lowrank_rank: int = 1
     seed: int = 0
@@ -376,7 +378,8 @@ def actor_options(model_path: str, options: EngineOptions, index: int = 0) -> di
     """The `LLM(...)` keyword arguments (or HF settings) and ES settings one engine actor gets."""
     dtype = options.model_dtype()
     master = dtype if options.master_dtype == "model" else "float32"
-    es = {"master_dtype": master, "noise_cache_bytes": options.noise_cache_bytes(), "noise_mode": options.noise_mode}
+    es = {"master_dtype": master, "noise_cache_bytes": options.noise_cache_bytes(), "noise_mode": options.noise_mode,
+          "es_state": options.es_state}
     if options.backend == "fake":  # it holds as many low-rank slots as a vLLM engine would
         return {"dtype": dtype, **es, "lowrank_slots": options.lowrank_slots}
     if options.backend == "hf":

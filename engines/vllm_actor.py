@@ -36,9 +36,12 @@ class VLLMEngineActor(EngineActorBase):
         self.ranks = int(llm_kwargs.get("tensor_parallel_size", 1))
         self.llm = LLM(model=model_path, worker_extension_cls=WORKER_EXTENSION, **llm_kwargs)
         self.master_dtype = options.get("master_dtype", "float32")
-        results = self.llm.collective_rpc("es_init", args=(self.master_dtype, options.get("noise_cache_bytes", 0),
-                                                           options.get("noise_mode", "iid")))
-        self.info = ranks.info(results)
+        if options.get("es_state", True):
+            results = self.llm.collective_rpc("es_init", args=(self.master_dtype, options.get("noise_cache_bytes", 0),
+                                                               options.get("noise_mode", "iid")))
+            self.info = ranks.info(results)
+        else:  # evaluation only: no master, no noise; the GPU's memory is vLLM's
+            self.info = {"es_state": False, "master_bytes": 0}
         if options.get("lowrank_slots"):
             self.llm.collective_rpc("lowrank_init", args=(options["lowrank_slots"], options["lowrank_rank"]))
             self.info["lowrank_slots"] = options["lowrank_slots"]

@@ -154,7 +154,7 @@ def main(argv=None) -> dict:
 
     options = EngineOptions(device=config.resolved_device, backend=config.engine, num_engines=config.num_engines,
                             cuda_devices=config.gpu_ids or None, dtype=config.precision,
-                            max_model_len=config.max_model_len)
+                            max_model_len=config.max_model_len, es_state=False)  # generation only: no fp32 master
     pool = EnginePool.start(model, options)
     try:
         summary, rows = evaluator.run(Fleet(pool, UpdateLog()), samples)

@@ -147,3 +147,20 @@ def test_the_cuda_devices_given_to_esvllm_eval_are_the_gpus_its_ray_sees(recorde
         main(["--model", "tiny", "--task", "conciseness", "--cuda_devices", "6,7", "--engine", "fake", "--max_tokens", "12",
               "--num_engines", "2", "--output", str(tmp_path / "eval.jsonl")])
     assert recorded_ray == {"visible": "6,7", "num_gpus": 2, "address": "local"}
+
+
+def test_esvllm_eval_starts_its_engines_without_an_es_state(monkeypatch, tmp_path):
+    """Evaluation only generates: no fp32 master (a 7B one is 28 GiB), the GPU's memory is vLLM's."""
+    from engines.pool import EnginePool
+    from esvllm.eval import main
+
+    seen = {}
+
+    def start(model_path, options, ray_address=None):
+        seen["options"] = options
+        raise RayStarted
+
+    monkeypatch.setattr(EnginePool, "start", start)
+    with pytest.raises(RayStarted):
+        main(["--model", "tiny", "--task", "conciseness", "--max_tokens", "12", "--output", str(tmp_path / "e.jsonl")])
+    assert seen["options"].es_state is False and seen["options"].backend == "vllm"

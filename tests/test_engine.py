@@ -135,3 +135,21 @@ def test_checksum_sees_a_perturbation_and_restore_reports_the_base_checksum(fres
     engine.perturb(3, 0.01)
     perturbed = engine.checksum()
     assert engine.restore() == base != perturbed
+
+
+@pytest.mark.engine
+def test_an_engine_without_es_state_generates_as_the_base_model_with_no_master(ray_session, tiny_model):
+    from .conftest import start_pool
+
+    prompts, sampling = ["12+7=", "hello world", "Using the numbers [3, 5, 7]"], {"temperature": 0.0, "max_tokens": 12}
+    with_es = start_pool(tiny_model, num_engines=1)
+    try:
+        want = [c["text"] for c in with_es.engines[0].generate(prompts, sampling)]
+    finally:
+        with_es.shutdown()
+    plain = start_pool(tiny_model, num_engines=1, es_state=False)  # what esvllm.eval starts
+    try:
+        assert plain.engines[0].info["es_state"] is False and plain.engines[0].info["master_bytes"] == 0
+        assert [c["text"] for c in plain.engines[0].generate(prompts, sampling)] == want
+    finally:
+        plain.shutdown()
