@@ -27,7 +27,11 @@ logger = logging.getLogger(__name__)
 PLACEMENT_TIMEOUT_S = 120
 
 QUIET_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
-             "TQDM_DISABLE": "1"}
+             "TQDM_DISABLE": "1",
+             # vLLM 0.32 picks its V2 model runner on CUDA; the CPU build cannot run it ("Model Runner V2
+             # requires Triton"), so every engine test here ran the V1 runner. Pinned so a CUDA engine
+             # runs the code the tests cover; VLLM_USE_V2_MODEL_RUNNER=1 in the driver's environment opts in.
+             "VLLM_USE_V2_MODEL_RUNNER": "0"}
 # The driver's choices that the engines' processes must see too (Ray's workers keep the environment
 # Ray started with): the CPU kernel level cap, the kernel cache, and the tests' fault injection.
 FORWARDED_ENV = ("ESVLLM_CPU_KERNEL", "ESVLLM_KERNEL_FAULT", "ESVLLM_CACHE", "ESVLLM_FAKE_CORRUPT", "ESVLLM_FAKE_HOLD",
@@ -318,9 +322,8 @@ class EnginePool:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         path = model_path or self.model_path
-        env = {**QUIET_ENV, **{k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}}
+        env = actor_env(self.options, index)
         if self.options.device == "cpu":
-            env["VLLM_CPU_OMP_THREADS_BIND"] = engine_cores(self.options)[index]
             resources = {"num_cpus": 0.01}
         else:
             resources = {"num_cpus": 1, "num_gpus": self.options.tensor_parallel_size}
@@ -372,6 +375,14 @@ def engine_cores(options: EngineOptions) -> list[str]:
     tp = options.tensor_parallel_size
     shares = split_cores(options.num_engines * tp)
     return ["|".join(shares[i * tp : (i + 1) * tp]) for i in range(options.num_engines)]
+
+
+def actor_env(options: EngineOptions, index: int) -> dict[str, str]:
+    """The environment of engine `index`'s actor process (Ray's runtime_env)."""
+    env = {**QUIET_ENV, **{k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}}
+    if options.device == "cpu":
+        env["VLLM_CPU_OMP_THREADS_BIND"] = engine_cores(options)[index]
+    return env
 
 
 def actor_options(model_path: str, options: EngineOptions, index: int = 0) -> dict:

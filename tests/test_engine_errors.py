@@ -59,3 +59,15 @@ def test_a_placement_ray_cannot_satisfy_fails_with_the_clusters_resources(ray_se
     # The session's Ray has no GPU: a bundle asking for one can never be placed.
     with pytest.raises(RuntimeError, match="could not place 3 engine.*GPU.*cluster has"):
         EnginePool.start(tiny_model, EngineOptions(device="cuda", cuda_devices=[0, 1, 2]))
+
+
+def test_engines_run_vllms_v1_model_runner_unless_the_user_opts_in(monkeypatch):
+    # The V1 runner is the one every engine test here runs (the CPU build cannot run V2).
+    from engines.pool import actor_env
+
+    monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER", raising=False)
+    for options in (EngineOptions(device="cuda", cuda_devices=[0, 1]), EngineOptions(device="cpu")):
+        assert actor_env(options, 0)["VLLM_USE_V2_MODEL_RUNNER"] == "0"
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
+    assert actor_env(EngineOptions(device="cuda", cuda_devices=[0]), 0)["VLLM_USE_V2_MODEL_RUNNER"] == "1"
+    assert actor_env(EngineOptions(device="cpu"), 0)["VLLM_CPU_OMP_THREADS_BIND"]  # its own cores
