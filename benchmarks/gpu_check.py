@@ -10,7 +10,10 @@ Runs where vLLM, Ray and a package registry are missing (a bare GPU machine), in
    the checksum against float64 references and the CPU checksum, timed against bandwidth floors
    (benchmarks.kernels);
 3. the memory plan's ES-state figure (esvllm.memory) against torch.cuda.max_memory_allocated;
-4. the low-rank draw and merge (esvllm.lowrank) on the 0.5B shapes.
+4. the low-rank draw and merge (esvllm.lowrank) on the 0.5B shapes;
+5. the memory plan's other terms against the allocator: LoRA-shaped slot buffers (the 0.5B and 7B
+   shapes, vLLM's layout), an Adam step on the largest 7B tensor and a rank-64 low-rank update of
+   32 members; the ES options with bf16 weights and an fp32 master; a strided tensor refused.
 Prints a summary table last and writes every figure to one JSON file.
 """
 
@@ -179,6 +182,105 @@ def options_on_cuda(device: str) -> dict:
     return out
 
 
+def lora_shaped_buffers(size: str, slots: int, rank: int, device: str, dtype=torch.bfloat16) -> list[torch.Tensor]:
+    """Zero tensors with the shapes vLLM's LoRA layers allocate for `slots` adapters of `rank` (one
+    GPU): per layer, A (slots, 1, rank, input) and B (slots, 1, output, rank) for each slice of
+    qkv_proj (q, k, v), o_proj, gate_up_proj (gate, up) and down_proj."""
+    hidden, inter, layers, heads, kv_heads, _, _ = QWEN25_SHAPES[size]
+    head_dim = hidden // heads
+    q, kv = heads * head_dim, kv_heads * head_dim
+    slices = [(hidden, q), (hidden, kv), (hidden, kv), (q, hidden), (hidden, inter), (hidden, inter), (inter, hidden)]
+    out = []
+    for _ in range(layers):
+        for inputs, outputs in slices:
+            out += [torch.zeros(slots, 1, rank, inputs, dtype=dtype, device=device),
+                    torch.zeros(slots, 1, outputs, rank, dtype=dtype, device=device)]
+    return out
+
+
+def allocated(fn, device: str) -> int:
+    """Peak bytes the allocator gave `fn` above what was live before it (CUDA)."""
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    kept = fn()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - before
+    del kept
+    torch.cuda.empty_cache()
+    return peak
+
+
+def plan_terms(device: str) -> dict:
+    """The memory plan's LoRA term and the update's temporaries against what the allocator gives."""
+    from engines.optimizer import Optimizer
+    from esvllm.memory import update_temporary
+
+    out = {}
+    for size, slots, rank in (("0.5B", 32, 8), ("7B", 32, 8), ("7B", 32, 64)):
+        shape = ModelShape.from_config(qwen25_config(size))
+        planned = plan(shape, 141 * 10**9, lora_slots=slots, lora_rank=rank).lora_bytes
+        measured = allocated(lambda: lora_shaped_buffers(size, slots, rank, device), device)
+        out[f"lora_{size}_slots{slots}_rank{rank}"] = {"planned_bytes": planned, "measured_bytes": measured,
+                                                       "measured_over_planned": measured / planned}
+    shape = ModelShape.from_config(qwen25_config("7B"))
+    largest = torch.randn(152064, 3584, device=device) * 0.02  # the 7B embedding, fp32 master
+    step = torch.randn_like(largest) * 1e-4
+    optimizer = Optimizer({"embed": largest})
+    optimizer.step("embed", largest, step.clone(), {"optimizer": "adam", "alpha": 1e-3, "step": 1})  # moments exist
+    adam = allocated(lambda: optimizer.step("embed", largest, step.clone(), {"optimizer": "adam", "alpha": 1e-3,
+                                                                            "step": 2}), device)
+    del largest, step, optimizer
+    out["adam_7b"] = {"planned_bytes": update_temporary(shape, "adam", 0, 0, 1), "measured_bytes": adam - 152064 * 3584 * 4}
+    pairs = [(100 + i, 1e-4) for i in range(32)]
+    lowrank = allocated(lambda: combined_update(pairs, "model.layers.0.mlp.gate_proj.weight", (18944, 3584), 64,
+                                                device), device)
+    out["lowrank_7b_rank64_members32"] = {"planned_bytes": update_temporary(shape, "sgd", 32, 64, 1),
+                                          "measured_bytes": lowrank}
+    from esvllm import noise_triton
+
+    try:
+        noise_triton.fill_rows(torch.empty(64, 32, device=device).t(), (1, 2), 0, 0, 64)
+        out["strided_refused"] = False
+    except ValueError:
+        out["strided_refused"] = True
+    return out
+
+
+def options_with_bf16_weights(device: str) -> dict:
+    """Each ES option with bf16 model weights written from an fp32 master: perturb within one bf16
+    rounding of master + sigma * eps, restore exactly the master in bf16, the master after an update
+    equal to the same update on CPU."""
+    shapes = {"model.layers.0.mlp.up_proj.weight": (256, 128), "model.norm.weight": (128,)}
+    generator = torch.Generator().manual_seed(3)
+    base = {n: torch.randn(sh, generator=generator) * 0.02 for n, sh in shapes.items()}
+
+    def state(dev):
+        master = {n: t.clone().to(dev) for n, t in base.items()}
+        weights = {n: torch.empty(t.shape, dtype=torch.bfloat16, device=dev) for n, t in master.items()}
+        return ESState(master, lambda write: [write(n, t, weights[n]) for n, t in master.items()], None), master, weights
+
+    out = {}
+    for name, options in (("sgd", {}), ("adam", {"optimizer": "adam", "alpha": 1e-3, "step": 1}),
+                          ("lowrank", {"perturbation": "lowrank", "rank": 4})):
+        gpu, gpu_master, gpu_weights = state(device)
+        cpu, cpu_master, _ = state("cpu")
+        gpu.perturb(9, 0.01)
+        exact = {n: (base[n].double() + 0.01 * noise_reference(9, n, torch.arange(base[n].numel())).view(
+            base[n].shape).double()) for n in shapes}
+        ulp = max(float(((gpu_weights[n].double().cpu() - exact[n]).abs() / exact[n].abs().clamp_min(1e-30)).max())
+                  for n in shapes)
+        gpu.restore()
+        restored = all(torch.equal(gpu_weights[n].cpu(), base[n].to(torch.bfloat16)) for n in shapes)
+        for es in (gpu, cpu):
+            es.apply_update([(11, 0.3), (12, -0.2)], options)
+        out[name] = {"perturb_max_relative_error": ulp, "perturb_within_one_bf16_rounding": ulp <= 2**-8,
+                     "restore_exact": restored,
+                     "update_relative_error": max(relative_error(gpu_master[n], cpu_master[n]) for n in shapes)}
+    return out
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["0.5B", "3B", "7B"], choices=list(QWEN25_SHAPES))
@@ -218,6 +320,8 @@ def main(argv=None) -> dict:
     section("memory", lambda: [memory_figure(size, device) for size in args.memory_sizes])
     section("lowrank", lambda: lowrank_figures(device))
     section("options", lambda: options_on_cuda(device))
+    section("options_bf16", lambda: options_with_bf16_weights(device))
+    section("plan_terms", lambda: plan_terms(device))
     results["seconds"] = time.perf_counter() - started
     out.write_text(json.dumps(results, indent=2))
     print(summary(results))
@@ -253,6 +357,13 @@ def summary(r: dict) -> str:
     lines.append(f"options on CUDA vs CPU: mirror {o['mirror_relative_error']:.1e}, Adam {o['adam_relative_error']:.1e}, "
                  f"low-rank update {o['lowrank_update_relative_error']:.1e}, correlated noise same-shape identical "
                  f"{o['correlated_same_shape_identical']}")
+    for name, v in r["options_bf16"].items():
+        lines.append(f"{name} with bf16 weights: perturb within one bf16 rounding {v['perturb_within_one_bf16_rounding']}, "
+                     f"restore exact {v['restore_exact']}, update vs CPU {v['update_relative_error']:.1e}")
+    for name, v in r["plan_terms"].items():
+        if isinstance(v, dict):
+            lines.append(f"plan {name}: planned {v['planned_bytes'] / 1e9:.2f} GB, allocated {v['measured_bytes'] / 1e9:.2f} GB")
+    lines.append(f"strided tensor refused by the Triton kernels: {r['plan_terms']['strided_refused']}")
     lines.append(f"total {r['seconds']:.0f} s")
     return "\n".join(lines)
 

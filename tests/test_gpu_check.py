@@ -1,0 +1,22 @@
+"""`make gpu-check`'s new sections, where they run without a GPU: the LoRA-shaped buffers have the
+bytes the plan's LoRA term counts (its formula derived per slice, here from vLLM's layer layout), and
+the bf16 ES-option section computes on CPU what it checks on CUDA."""
+
+import pytest
+
+from benchmarks.gpu_check import lora_shaped_buffers, options_with_bf16_weights
+from esvllm.memory import ModelShape, plan
+from esvllm.models import qwen25_config
+
+
+@pytest.mark.parametrize("size", ["toy", "0.5B"])
+def test_the_lora_shaped_buffers_hold_the_bytes_the_plan_counts(size):
+    buffers = lora_shaped_buffers(size, slots=4, rank=8, device="meta")  # shapes only, nothing allocated
+    planned = plan(ModelShape.from_config(qwen25_config(size)), 80 * 10**9, lora_slots=4, lora_rank=8).lora_bytes
+    assert sum(t.numel() * t.element_size() for t in buffers) == planned
+
+
+def test_the_bf16_options_section_passes_on_cpu_against_itself():
+    for name, figures in options_with_bf16_weights("cpu").items():
+        assert figures["perturb_within_one_bf16_rounding"] and figures["restore_exact"], name
+        assert figures["update_relative_error"] == 0.0, name
