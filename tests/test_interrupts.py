@@ -16,6 +16,7 @@ import time
 import psutil
 import pytest
 
+from esvllm.checkpoint import usable_checkpoint
 from esvllm.run import main
 from esvllm.runlog import read_metrics
 
@@ -76,6 +77,9 @@ def test_an_interrupt_at_each_stage_resumes_to_the_uninterrupted_result(uninterr
     assert not group_processes(process.pid), [" ".join(p.cmdline())[:80] for p in group_processes(process.pid)]
     run_dir, continues_at = hint.group(1), int(hint.group(2))
     assert continues_at == len(read_metrics(run_dir))
+    named = re.search(r"interrupted: checkpoint (\S+);", output)
+    if named:  # the checkpoint the line names is the one resume takes
+        assert named.group(1) == str(usable_checkpoint(run_dir))
     resumed = main(["--resume", run_dir])
     assert without_timing(read_metrics(resumed)) == without_timing(read_metrics(uninterrupted))
     assert same_weights(final_weights(resumed), final_weights(uninterrupted))
