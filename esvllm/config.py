@@ -26,8 +26,25 @@ def field(default, help: str, **kw):
     return dataclasses.field(default=default, metadata={"help": help, **kw})
 
 
+class DeviceChoice:
+    """`--device` and `--cuda_devices` as the run and the evaluation read them."""
+
+    device: str
+    cuda_devices: str | None
+
+    @property
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        return "cuda" if self.cuda_devices else "cpu"
+
+    @property
+    def gpu_ids(self) -> list[int]:
+        return parse_gpu_ids(self.cuda_devices)
+
+
 @dataclasses.dataclass
-class RunConfig:
+class RunConfig(DeviceChoice):
     # what to train
     experiment: str = field("custom", "name of the run (and of its preset in experiments/, if any)")
     model_name: str = field("tiny", "HF checkpoint directory or built-in model (tiny, small, medium)")
@@ -187,16 +204,7 @@ class RunConfig:
         if not 0 <= self.global_seed < 2**31:
             bad("global_seed", self.global_seed, "must be in [0, 2**31)")
 
-    # derived values
-    @property
-    def resolved_device(self) -> str:
-        if self.device != "auto":
-            return self.device
-        return "cuda" if self.cuda_devices else "cpu"
-
-    @property
-    def gpu_ids(self) -> list[int]:
-        return parse_gpu_ids(self.cuda_devices)
+    # derived values (resolved_device, gpu_ids: DeviceChoice)
 
     @property
     def reward_spec(self) -> str:
@@ -224,7 +232,7 @@ def parse_gpu_ids(cuda_devices) -> list[int]:
 
 
 @dataclasses.dataclass
-class EvalConfig:
+class EvalConfig(DeviceChoice):
     """`python -m esvllm.eval`: greedy evaluation of a model on held-out data."""
 
     model: str = field(None, "HF checkpoint directory or built-in model name (required)")
@@ -264,15 +272,6 @@ class EvalConfig:
             bad("cuda_devices", self.cuda_devices, "GPU ids with --device cpu; drop one of the two")
         parse_gpu_ids(self.cuda_devices)
 
-    @property
-    def resolved_device(self) -> str:
-        if self.device != "auto":
-            return self.device
-        return "cuda" if self.cuda_devices else "cpu"
-
-    @property
-    def gpu_ids(self) -> list[int]:
-        return parse_gpu_ids(self.cuda_devices)
 
     @property
     def reward_spec(self) -> str:
