@@ -294,7 +294,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args(argv)
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    from engines.pool import init_ray
+    from engines.ray_node import init_ray
 
     init_ray(num_cpus=2 if args.device == "cpu" else None)
     bench = Bench(args.iterations, args.prompts, args.max_tokens, args.device)

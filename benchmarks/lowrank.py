@@ -163,7 +163,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the antithetic efficiency figure (median reported)")
     parser.add_argument("--out", default="bench")
     args = parser.parse_args(argv)
-    from engines.pool import init_ray
+    from engines.ray_node import init_ray
 
     init_ray(num_cpus=2 if args.device == "cpu" else None)
     rows = []

@@ -147,7 +147,8 @@ def train(config: RunConfig, inputs: dict | None = None) -> Path:
     import ray
 
     from engines.fleet import Fleet
-    from engines.pool import EngineOptions, EnginePool, exit_without_ray, private_ray_is_gone, start_ray
+    from engines.pool import EngineOptions, EnginePool
+    from engines.ray_node import exit_without_ray, private_ray_is_gone, start_ray
     from esvllm.coordinator import Coordinator
     from esvllm.eval import Evaluator
     from esvllm.runlog import write_atomic

@@ -38,7 +38,7 @@ def tiny_model() -> str:
 def ray_session():
     import ray
 
-    from engines.pool import init_ray
+    from engines.ray_node import init_ray
 
     init_ray(num_cpus=2)
     yield
