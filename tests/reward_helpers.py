@@ -1,5 +1,6 @@
 """User-style rewards for tests, loaded through `module:function` (also inside reward worker processes)."""
 
+import itertools
 import os
 import threading
 import time
@@ -18,6 +19,19 @@ def conciseness_once_an_engine_is_killed(completion: str, sample: dict) -> float
     """
     if not ENGINE_KILLED.wait(timeout=240):
         raise TimeoutError("no engine was killed within 240 s")
+    return conciseness_reward(completion, sample)
+
+
+SCORED = itertools.count(1)
+
+
+def conciseness_then_hold(completion: str, sample: dict) -> float:
+    """Conciseness; in a run whose environment sets ESVLLM_TEST_HOLD_AFTER=K, every call after the
+    K-th waits an hour, so a test interrupts that run mid-iteration however fast it is (the reward
+    runs inline, in the run's own process; a resume in the test's process scores as conciseness)."""
+    limit = os.environ.get("ESVLLM_TEST_HOLD_AFTER")
+    if limit and next(SCORED) > int(limit):
+        time.sleep(3600)
     return conciseness_reward(completion, sample)
 
 

@@ -26,10 +26,19 @@ pytestmark = pytest.mark.engine
 KILL_REWARD = ["--reward", "tests.reward_helpers:conciseness_once_an_engine_is_killed"]
 
 
-def start_run(output_dir, *extra):
+# A run of ARGS scores 4 members x 6 samples an iteration: holding after 24 * k calls stops it in
+# the middle of iteration k + 1, so a kill or a signal always lands mid-run.
+HOLD_REWARD = ["--reward", "tests.reward_helpers:conciseness_then_hold"]
+
+
+def start_run(output_dir, *extra, hold_after_iterations=None, **popen):
     """The training command in its own process (so it can be killed like a real run)."""
     cmd = [sys.executable, "-m", "esvllm.run", *ARGS, "--output_dir", str(output_dir), *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = dict(os.environ)
+    if hold_after_iterations is not None:
+        cmd += HOLD_REWARD
+        env["ESVLLM_TEST_HOLD_AFTER"] = str(24 * hold_after_iterations)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, **popen)
 
 
 def wait_for_iterations(output_dir, count, process=None, timeout=240):
@@ -52,7 +61,7 @@ def descendants(pid):
 
 
 def test_resume_after_sigkill_mid_iteration_is_bit_identical(first_run, tmp_path, ray_session):
-    process = start_run(tmp_path, "--save_every", "1")
+    process = start_run(tmp_path, "--save_every", "1", hold_after_iterations=2)
     run_dir = wait_for_iterations(tmp_path, 2, process)
     children = descendants(process.pid)
     process.kill()  # SIGKILL: no handler runs; iteration 2 is in flight
@@ -76,9 +85,8 @@ def test_resume_after_sigkill_mid_iteration_is_bit_identical(first_run, tmp_path
 def test_a_signal_to_the_process_group_resumes_bit_identical_and_leaves_no_process(first_run, tmp_path, signum):
     """Ctrl-C in a terminal, or a scheduler's SIGTERM to the whole group (Ray's processes included),
     on real vLLM engines mid-run; tests/test_interrupts.py covers every stage on fake engines."""
-    cmd = [sys.executable, "-m", "esvllm.run", *ARGS, "--output_dir", str(tmp_path), "--save_every", "1"]
-    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True, preexec_fn=terminal_signals)
+    process = start_run(tmp_path, "--save_every", "1", hold_after_iterations=1, start_new_session=True,
+                        preexec_fn=terminal_signals)
     run_dir = wait_for_iterations(tmp_path, 1, process)
     children = descendants(process.pid)
     assert any("raylet" in " ".join(c.cmdline()) for c in children if c.is_running())
