@@ -224,3 +224,12 @@ def test_a_low_rank_run_that_loses_an_engine_runs_more_rounds_on_the_others_with
     assert [r["engines"] for r in records][-1] == 1  # the rest ran on one engine, two batches each
     assert without_eval(records) == without_eval(read_metrics(whole))
     assert same_weights(final_weights(short), final_weights(whole))
+
+
+@pytest.mark.parametrize("level", ["portable", "torch"])
+def test_a_run_capped_to_a_lower_cpu_kernel_level_records_it_and_ends_bit_identical(reference, tmp_path, monkeypatch,
+                                                                                     level):
+    monkeypatch.setenv("ESVLLM_CPU_KERNEL", level)  # what a user sets for `python -m esvllm.run`
+    run_dir = run(tmp_path, "run", FIVE, base=FAKE)
+    assert [e["cpu_kernel"] for e in json.loads((run_dir / "engines.json").read_text())] == [level, level]
+    assert_same_run(run_dir, reference)  # every level computes the same bits
