@@ -26,7 +26,7 @@ def time_verbs(worker, population: int, reps: int) -> dict:
     """Runs inside the vLLM worker (passed to collective_rpc as a callable)."""
     import torch
 
-    from esvllm.noise import fill_noise
+    from kernels import fill_noise
 
     masters = list(worker.es_state.tensors().items())
     total = sum(m.numel() for _, m in masters)

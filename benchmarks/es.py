@@ -69,7 +69,7 @@ class Bench:
         from engines.fleet import Fleet
         from esvllm.coordinator import Coordinator
         from esvllm.scoring import Scorer
-        from esvllm.updatelog import UpdateLog
+        from engines.updatelog import UpdateLog
 
         fleet = Fleet(pool, UpdateLog())
         fleet.catch_up_all()

@@ -3,14 +3,14 @@
     python -m benchmarks.gpu_check --json bench/gpu_check.json        # needs torch and Triton only
 
 Runs where vLLM, Ray and a package registry are missing (a bare GPU machine), in a few minutes:
-1. the noise kernels (esvllm.noise_triton): CUDA values equal the CPU definition bit for bit, whole
+1. the noise kernels (kernels.cuda): CUDA values equal the CPU definition bit for bit, whole
    and sliced; fused perturb and update against a float64 reference; draw speed against the
    device's copy bandwidth;
 2. ESState on CUDA (Qwen2.5-shaped tensors, bf16 weights, fp32 master): perturb, an N=30 update and
    the checksum against float64 references and the CPU checksum, timed against bandwidth floors
    (benchmarks.kernels);
 3. the memory plan's ES-state figure (esvllm.memory) against torch.cuda.max_memory_allocated;
-4. the low-rank draw and merge (esvllm.lowrank) on the 0.5B shapes;
+4. the low-rank draw and merge (kernels.lowrank) on the 0.5B shapes;
 5. the memory plan's other terms against the allocator: LoRA-shaped slot buffers (the 0.5B and 7B
    shapes, vLLM's layout), an Adam step on the largest 7B tensor and a rank-64 low-rank update of
    32 members; the ES options with bf16 weights and an fp32 master; a strided tensor refused.
@@ -31,10 +31,10 @@ import torch
 
 from benchmarks.kernels import bench_size, copy_bandwidth, timed
 from engines.es_state import ESState
-from esvllm.lowrank import combined_update, factors
+from kernels.lowrank import combined_update, factors
 from esvllm.memory import ModelShape, plan
 from esvllm.models import QWEN25_SHAPES, qwen2_tensors, qwen25_config
-from esvllm.noise import TABLE_SHA256, fill_noise, fill_noise_rows, noise_reference, table_digest
+from kernels import TABLE_SHA256, fill_noise, fill_noise_rows, noise_reference, table_digest
 
 
 def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -57,8 +57,8 @@ def check_noise(device: str) -> dict:
 
 
 def check_fused_kernels(device: str, shape: tuple[int, int] = (512, 1536)) -> dict:
-    from esvllm.noise import philox_key
-    from esvllm.noise_triton import combine_rows, perturb_rows
+    from kernels import philox_key
+    from kernels.cuda import combine_rows, perturb_rows
 
     name = "model.layers.0.mlp.down_proj.weight"
     generator = torch.Generator(device=device).manual_seed(0)
@@ -92,9 +92,11 @@ def noise_speed(device: str, bandwidth: float) -> dict:
 def checksum_agrees(device: str) -> dict:
     generator = torch.Generator().manual_seed(1)
     master = {n: torch.randn(s, generator=generator) for n, s in qwen2_tensors("toy").items()}
-    cpu = ESState({n: t.clone() for n, t in master.items()}, lambda write: None, None).checksum()
-    gpu = ESState({n: t.to(device) for n, t in master.items()}, lambda write: None, None).checksum()
-    return {"cpu_equals_cuda": cpu == gpu}
+    sums = []
+    for tensors in ({n: t.clone() for n, t in master.items()}, {n: t.to(device) for n, t in master.items()}):
+        state = ESState(tensors, lambda write: None, None, read_all=lambda read, t=tensors: [read(n, v) for n, v in t.items()])
+        sums.append(state.checksum())  # served (here the same tensors) and master, through each device's kernels
+    return {"cpu_equals_cuda": sums[0] == sums[1]}
 
 
 def memory_figure(size: str, device: str, population: int = 30) -> dict:
@@ -111,7 +113,7 @@ def memory_figure(size: str, device: str, population: int = 30) -> dict:
         for n, t in master.items():
             write(n, t, model[n])
 
-    es = ESState(master, write_all, None)
+    es = ESState(master, write_all, None, read_all=lambda read: [read(n, model[n]) for n in master])
     es.perturb(1, 1e-3)
     es.apply_update([(1000 + i, 1e-6) for i in range(population)])
     es.checksum()
@@ -238,10 +240,10 @@ def plan_terms(device: str) -> dict:
                                                 device), device)
     out["lowrank_7b_rank64_members32"] = {"planned_bytes": update_temporary(shape, "sgd", 32, 64, 1),
                                           "measured_bytes": lowrank}
-    from esvllm import noise_triton
+    from kernels import cuda
 
     try:
-        noise_triton.fill_rows(torch.empty(64, 32, device=device).t(), (1, 2), 0, 0, 64)
+        cuda.fill_rows(torch.empty(64, 32, device=device).t(), (1, 2), 0, 0, 64)
         out["strided_refused"] = False
     except ValueError:
         out["strided_refused"] = True
@@ -259,7 +261,8 @@ def options_with_bf16_weights(device: str) -> dict:
     def state(dev):
         master = {n: t.clone().to(dev) for n, t in base.items()}
         weights = {n: torch.empty(t.shape, dtype=torch.bfloat16, device=dev) for n, t in master.items()}
-        return ESState(master, lambda write: [write(n, t, weights[n]) for n, t in master.items()], None), master, weights
+        return ESState(master, lambda write: [write(n, t, weights[n]) for n, t in master.items()], None,
+                       read_all=lambda read: [read(n, weights[n]) for n in master]), master, weights
 
     out = {}
     for name, options in (("sgd", {}), ("adam", {"optimizer": "adam", "alpha": 1e-3, "step": 1}),
@@ -271,12 +274,12 @@ def options_with_bf16_weights(device: str) -> dict:
             base[n].shape).double()) for n in shapes}
         ulp = max(float(((gpu_weights[n].double().cpu() - exact[n]).abs() / exact[n].abs().clamp_min(1e-30)).max())
                   for n in shapes)
-        gpu.restore()
+        checksums_agree = gpu.restore() == cpu.restore()  # served bf16 weights and masters, CUDA vs CPU kernels
         restored = all(torch.equal(gpu_weights[n].cpu(), base[n].to(torch.bfloat16)) for n in shapes)
         for es in (gpu, cpu):
             es.apply_update([(11, 0.3), (12, -0.2)], options)
         out[name] = {"perturb_max_relative_error": ulp, "perturb_within_one_bf16_rounding": ulp <= 2**-8,
-                     "restore_exact": restored,
+                     "restore_exact": restored, "restore_checksums_equal_cpu": checksums_agree,
                      "update_relative_error": max(relative_error(gpu_master[n], cpu_master[n]) for n in shapes)}
     return out
 
@@ -359,7 +362,7 @@ def summary(r: dict) -> str:
                  f"{o['correlated_same_shape_identical']}")
     for name, v in r["options_bf16"].items():
         lines.append(f"{name} with bf16 weights: perturb within one bf16 rounding {v['perturb_within_one_bf16_rounding']}, "
-                     f"restore exact {v['restore_exact']}, update vs CPU {v['update_relative_error']:.1e}")
+                     f"restore exact {v['restore_exact']}, checksums = CPU {v['restore_checksums_equal_cpu']}, update vs CPU {v['update_relative_error']:.1e}")
     for name, v in r["plan_terms"].items():
         if isinstance(v, dict):
             lines.append(f"plan {name}: planned {v['planned_bytes'] / 1e9:.2f} GB, allocated {v['measured_bytes'] / 1e9:.2f} GB")

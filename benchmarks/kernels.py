@@ -55,7 +55,7 @@ def bench_size(size: str, device: str, dtype: str, population: int, repeats: int
     import torch
 
     from engines.es_state import ESState
-    from esvllm.noise import fill_noise
+    from kernels import fill_noise
 
     shapes = qwen2_tensors(size)
     model_dtype = getattr(torch, dtype)
@@ -123,20 +123,20 @@ def level_speeds(repeats: int, elements: int = 2**22) -> dict[str, float]:
     level this processor runs and with the torch reference, side by side."""
     import torch
 
-    from esvllm import noise_cpu
-    from esvllm.noise import philox_key
+    from kernels import cpu, cpu_lib, philox_key
+    from kernels.definition import noise_reference_from_key
 
     out = torch.empty(1, elements)
     key = philox_key(3, "model.layers.0.mlp.down_proj.weight")
-    compiler = noise_cpu.find_compiler()
-    libs = {level: noise_cpu.build(compiler, level) for level in noise_cpu.supported_levels(compiler)} if compiler else {}
+    compiler = cpu_lib.find_compiler()
+    libs = {level: cpu_lib.build(compiler, level) for level in cpu_lib.supported_levels(compiler)} if compiler else {}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        speeds = {level: timed(lambda lib=lib: noise_cpu.fill_rows(out, key, 0, 0, elements, lib=lib), "cpu", repeats)
+        speeds = {level: timed(lambda lib=lib: cpu_lib.fill_rows(out, key, 0, 0, elements, lib=lib), "cpu", repeats)
                   for level, lib in libs.items()}
         small = torch.empty(1, elements // 16)  # the reference is slow: a sixteenth, scaled
-        speeds[noise_cpu.REFERENCE] = 16 * timed(lambda: small.copy_(noise_cpu.noise_reference_from_key(
+        speeds[cpu.REFERENCE] = 16 * timed(lambda: small.copy_(noise_reference_from_key(
             key, torch.arange(elements // 16)).view(1, -1)), "cpu", max(1, repeats // 2))
     finally:
         torch.set_num_threads(threads)
@@ -186,9 +186,9 @@ def main(argv=None) -> dict:
         "bandwidth": bandwidth, "sizes": [],
     }
     if args.device == "cpu":
-        from esvllm import noise_cpu
+        from kernels import cpu, cpu_lib
 
-        results.update(cpu=noise_cpu.cpu_model(), cpu_level_in_use=noise_cpu.level(),
+        results.update(cpu=cpu_lib.cpu_model(), cpu_level_in_use=cpu.level(),
                        cpu_levels=level_speeds(args.repeats))
     for size in args.sizes:
         results["sizes"].append(bench_size(size, args.device, args.dtype, args.population, args.repeats, bandwidth))

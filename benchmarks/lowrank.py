@@ -53,7 +53,7 @@ def adapter_file_route_s(model: str, rank: int = 1, members: int = 5) -> float:
     from safetensors.torch import load_file, save_file
 
     from engines.es_state import is_lowrank_target
-    from esvllm.lowrank import factors
+    from kernels.lowrank import factors
     from esvllm.models import resolve_model
 
     weights = load_file(str(next(Path(resolve_model(model)).glob("*.safetensors"))))

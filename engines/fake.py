@@ -8,8 +8,9 @@ weights do and is the same on every engine holding the same weights.
 Test hook: `die_on_call` (from EngineOptions.die_on_call; for a whole run ESVLLM_FAKE_DIE_ON_CALL,
 e.g. "1:3" or "1:apply_update:2") makes the engine's process exit at its k-th call, counting `rpc`
 and `generate` calls (a rollout is one of each), or only the RPCs of the named method.
-ESVLLM_FAKE_CORRUPT="1:2" makes engine 1 add 1e-3 to one weight after its 2nd update, as a kernel
-that computed a wrong value would (the engines then disagree).
+ESVLLM_FAKE_CORRUPT="1:2" makes engine 1 add 1e-3 to one element of its master after its 2nd update,
+as an update kernel that computed a wrong value would; "1:2:served" to one element of the weights it
+serves (not the master), as a write kernel would. Either way the engines then disagree.
 ESVLLM_FAKE_HOLD="0:apply_update:2:/tmp/marker" makes engine 0 create the marker file at its 2nd
 call of that method ("init" for its start-up, "generate", or an RPC) and then wait there, so a test
 can interrupt a run at exactly that stage.
@@ -32,7 +33,8 @@ class FakeEngineActor(EngineActorBase):
     def __init__(self, index: int, model_path: str, options: dict):
         import torch
 
-        from engines.es_state import ESState, load_checkpoint
+        from engines.es_state import ESState
+        from engines.safetensors_io import load_checkpoint
 
         started = time.perf_counter()
         self.hold = hold_spec(index)
@@ -42,12 +44,12 @@ class FakeEngineActor(EngineActorBase):
         self.weights = {name: torch.empty(t.shape, dtype=getattr(torch, options.get("dtype", "float32")))
                         for name, t in master.items()}
         self.es = ESState(master, self._write_all, model_path, options.get("noise_cache_bytes", 0),
-                          noise_mode=options.get("noise_mode", "iid"))
+                          noise_mode=options.get("noise_mode", "iid"), read_all=self._read_all)
         self.es.restore()
         self.die_on_call = options.get("die_on_call")  # (method or None, k)
         self.calls = 0
         self.lowrank_slots = options.get("lowrank_slots", 0)
-        self.corrupt_at = corrupt_spec(index)  # the update after which this engine corrupts a weight
+        self.corrupt_at, self.corrupt_what = corrupt_spec(index)  # after which update, and master or served
         self.updates = 0
         self.info = self.es.info()
         self.describe(index, started, backend="fake")
@@ -55,6 +57,10 @@ class FakeEngineActor(EngineActorBase):
     def _write_all(self, write) -> None:
         for name, master in self.es.tensors().items():
             write(name, master, self.weights[name])
+
+    def _read_all(self, read) -> None:
+        for name, served in self.weights.items():
+            read(name, served)
 
     def _hold_at(self, method: str) -> None:
         if self.hold is None or self.hold[0] != method:
@@ -83,7 +89,8 @@ class FakeEngineActor(EngineActorBase):
         if method == "apply_update":
             self.updates += 1
             if self.updates == self.corrupt_at:
-                next(iter(self.es.tensors().values())).view(-1)[0] += 1e-3
+                tensors = self.weights if self.corrupt_what == "served" else self.es.tensors()
+                next(iter(tensors.values())).view(-1)[0] += 1e-3
         return result
 
     def rollout_lowrank(self, members, sigma, rank, prompts, sampling) -> dict:
@@ -108,11 +115,14 @@ class FakeEngineActor(EngineActorBase):
         return completions
 
 
-def corrupt_spec(index: int) -> int | None:
-    """The update count after which engine `index` corrupts a weight (ESVLLM_FAKE_CORRUPT="index:k")."""
+def corrupt_spec(index: int) -> tuple[int | None, str]:
+    """(update count, "master" or "served"): when and where engine `index` corrupts a weight
+    (ESVLLM_FAKE_CORRUPT="index:k" or "index:k:served")."""
     spec = os.environ.get("ESVLLM_FAKE_CORRUPT", "")
-    target, _, k = spec.partition(":")
-    return int(k) if spec and int(target) == index else None
+    if not spec:
+        return None, "master"
+    target, k, *what = spec.split(":")
+    return (int(k) if int(target) == index else None), (what[0] if what else "master")
 
 
 def hold_spec(index: int) -> tuple[str, int, str] | None:

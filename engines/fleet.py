@@ -16,7 +16,7 @@ from collections import deque
 from typing import Callable
 
 from engines.pool import EngineDiedError
-from esvllm.updatelog import UpdateLog
+from engines.updatelog import UpdateLog
 
 logger = logging.getLogger(__name__)
 
@@ -156,11 +156,14 @@ class Fleet:
                     results.append(replacement.last_update)
         return results
 
-    def check_sync(self, iteration: int, base_only: bool = False) -> str:
-        sums = self.broadcast("checksum", base_only)
-        if len(set(sums)) > 1:
-            detail = ", ".join(f"{e}: {s}" for e, s in zip(self.engines, sums))
-            raise EnginesDisagree(f"after iteration {iteration} the engines hold different weights: {detail}")
+    def check_sync(self, iteration: int) -> dict[str, str]:
+        """Every engine's checksums of the weights it serves (read through its compute kernels) and
+        of its master must agree; returns them."""
+        sums = self.broadcast("checksum")
+        for kind, what in (("served", "serve different weights"), ("master", "hold different base weights")):
+            if len({s[kind] for s in sums}) > 1:
+                detail = ", ".join(f"{e}: {s[kind]}" for e, s in zip(self.engines, sums))
+                raise EnginesDisagree(f"after iteration {iteration} the engines {what} ({kind} checksums {detail})")
         return sums[0]
 
     def member_jobs(self, seeds: list[int], sigma: float, prompts: list[str], sampling, config) -> tuple[list, int, int]:
@@ -221,7 +224,7 @@ class Fleet:
             engine.applied += 1
         reference = self.engines
         if reference and verify:
-            want, got = reference[0].checksum(base_only=True), engine.checksum(base_only=True)
+            want, got = reference[0].master_checksum(), engine.master_checksum()
             if want != got:
                 raise EnginesDisagree(f"replacement {engine} has base checksum {got}, the others {want}")
         self.pool.adopt(engine)

@@ -19,7 +19,8 @@ class HFEngineActor(EngineActorBase):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from engines.es_state import ESState, load_checkpoint
+        from engines.es_state import ESState
+        from engines.safetensors_io import load_checkpoint
 
         started = time.perf_counter()
         cores = options.get("cores")
@@ -39,7 +40,7 @@ class HFEngineActor(EngineActorBase):
         if missing:
             raise ValueError(f"checkpoint and model tensors differ: {sorted(missing)[:5]}")
         self.es = ESState(master, self._write_all, model_path, options.get("noise_cache_bytes", 0),
-                          noise_mode=options.get("noise_mode", "iid"))
+                          noise_mode=options.get("noise_mode", "iid"), read_all=self._read_all)
         self.info = self.es.info()
         self.describe(index, started, cpu_bind=",".join(map(str, cores or [])), backend="hf")
 
@@ -47,8 +48,12 @@ class HFEngineActor(EngineActorBase):
         import torch
 
         with torch.no_grad():
-            for name, master in self.es._master.items():
+            for name, master in self.es.tensors().items():
                 write(name, master, self.params[name].data)
+
+    def _read_all(self, read) -> None:
+        for name in self.es.tensors():
+            read(name, self.params[name].data)
 
     def rpc(self, method: str, *args):
         if method == "read_weights":

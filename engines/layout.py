@@ -1,7 +1,7 @@
 """Where each Hugging Face tensor lives inside a loaded vLLM model (runs inside each vLLM worker).
 
 vLLM fuses `q_proj,k_proj,v_proj` into `qkv_proj` and `gate_proj,up_proj` into `gate_up_proj`; ES noise
-is defined per HF tensor (esvllm.noise), so every write goes through this map: the part of an HF
+is defined per HF tensor (kernels.definition), so every write goes through this map: the part of an HF
 tensor this rank holds -> rows [offset, offset + rows) of one vLLM parameter.
 
 Tensor parallelism (T ranks, this one r), as vLLM's weight loaders shard Qwen2:
@@ -24,7 +24,7 @@ import dataclasses
 
 import torch
 
-from engines.es_state import Slice
+from kernels import Slice
 
 
 @dataclasses.dataclass
@@ -49,7 +49,7 @@ class Piece:
 
     @property
     def slice(self) -> Slice:
-        """Where the local part lies in the full tensor, for the noise (esvllm.noise)."""
+        """Where the local part lies in the full tensor, for the noise (kernels.definition)."""
         if len(self.hf_shape) == 1:
             return Slice(0, self.rows[0] if self.rows else 0, self.hf_shape[0])
         width = self.hf_shape[1]

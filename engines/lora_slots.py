@@ -1,7 +1,7 @@
 """Low-rank members as LoRA adapters in vLLM's slots (runs inside the vLLM worker; engines.vllm_worker).
 
 A member of low-rank mode is the base model plus sigma * A B^T / sqrt(r) on every block linear
-(esvllm.lowrank). vLLM's multi-LoRA serving computes y = x W^T + (x a^T) b^T per request, with the
+(kernels.lowrank). vLLM's multi-LoRA serving computes y = x W^T + (x a^T) b^T per request, with the
 request's adapter (a: r x in, b: out x r), so member i is the adapter a = B_i^T, b = sigma/sqrt(r) A_i:
 all members of an engine are served by one `generate` call, each request tagged with its member's
 adapter. The adapters are registered once (zeros, pinned to fixed slots, no disk) and rewritten in
@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from esvllm.lowrank import factors
+from kernels.lowrank import factors
 
 LORA_PATH = "/esvllm/lowrank-member"  # adapters are written in place; vLLM never reads this path
 

@@ -18,7 +18,7 @@ import uuid
 
 from engines.backends import BACKENDS, actor_class
 from engines.ray_node import start_ray
-from esvllm.noise import check_sigma
+from kernels import check_sigma
 
 logger = logging.getLogger(__name__)
 
@@ -167,15 +167,19 @@ class EngineHandle:
         check_sigma(sigma)
         return self.call("rpc", "perturb", int(seed), float(sigma), int(sign))
 
-    def restore(self) -> str:
-        """Back to the base weights; returns the checksum of what the engine now holds."""
+    def restore(self) -> dict[str, str]:
+        """Back to the base weights; returns the checksums of what the engine now serves and its master."""
         return self.call("rpc", "restore")
 
     def apply_update(self, pairs, options: dict | None = None):
         return self.call("rpc", "apply_update", [(int(s), float(c)) for s, c in pairs], options)
 
-    def checksum(self, base_only: bool = False) -> str:
-        return self.call("rpc", "checksum", base_only)
+    def checksum(self) -> dict[str, str]:
+        """{"served": digest of the weights the model computes with, "master": digest of the base}."""
+        return self.call("rpc", "checksum")
+
+    def master_checksum(self) -> str:
+        return self.call("rpc", "master_checksum")
 
     def export(self, path: str, dtype: str | None = None) -> str:
         return self.call("rpc", "export", str(path), dtype)
@@ -207,9 +211,11 @@ class EnginePool:
         import ray
         from ray.util.placement_group import placement_group
 
-        from esvllm.models import resolve_model
+        from pathlib import Path
 
-        model_path = resolve_model(model_path)  # a missing path fails here, before Ray or vLLM start
+        if not (Path(model_path) / "config.json").is_file():  # before Ray or vLLM start
+            raise FileNotFoundError(f"{model_path}: not a model directory (no config.json); pass a checkpoint "
+                                    "directory (esvllm.models.resolve_model turns a built-in or Hub name into one)")
         tp = options.tensor_parallel_size
         start_ray(options, ray_address)  # a no-op when the caller started Ray (esvllm.run does)
         if options.device == "cpu":

@@ -12,18 +12,12 @@ import math
 
 import torch
 
-from engines.es_state import digest_checksum
+from engines.checksum import add_parts, digest
 
 
-def checksum(results: list[dict], base_only: bool) -> str:
-    parts: dict[str, list[int]] = {}
-    for result in results:
-        for name, (total, positional) in result["parts"].items():
-            sums = parts.setdefault(name, [0, 0])
-            sums[0] += total
-            sums[1] += positional
-    perturbation = None if base_only else results[0]["perturbation"]
-    return digest_checksum({name: tuple(v) for name, v in parts.items()}, perturbation)
+def checksum(results: list[dict]) -> dict[str, str]:
+    """The ranks' served and master checksum parts, summed over the shards and digested."""
+    return {kind: digest(add_parts([r[kind] for r in results])) for kind in ("served", "master")}
 
 
 def perturb(results: list[dict]) -> dict:

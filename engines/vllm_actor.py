@@ -46,7 +46,7 @@ class VLLMEngineActor(EngineActorBase):
             self.llm.collective_rpc("lowrank_init", args=(options["lowrank_slots"], options["lowrank_rank"]))
             self.info["lowrank_slots"] = options["lowrank_slots"]
         if self.ranks > 1:  # the files an export needs, read now: a starting checkpoint may be pruned later
-            from engines.es_state import CHECKPOINT_FILES
+            from engines.safetensors_io import CHECKPOINT_FILES
 
             self.files = {n: (Path(model_path) / n).read_bytes() for n in CHECKPOINT_FILES
                           if (Path(model_path) / n).is_file()}
@@ -61,10 +61,12 @@ class VLLMEngineActor(EngineActorBase):
         """The verb on every rank, combined into one engine's answer."""
         call = lambda name, *a: self.llm.collective_rpc(name, args=a)
         if method == "checksum":
-            return ranks.checksum(call("checksum_parts"), base_only=bool(args and args[0]))
+            return ranks.checksum(call("checksum_parts"))
+        if method == "master_checksum":
+            return ranks.checksum(call("checksum_parts"))["master"]
         if method == "restore":
             call("restore")
-            return ranks.checksum(call("checksum_parts"), base_only=False)
+            return ranks.checksum(call("checksum_parts"))
         if method == "perturb":
             return ranks.perturb(call("perturb", *args))
         if method == "apply_update":
@@ -78,7 +80,7 @@ class VLLMEngineActor(EngineActorBase):
     def _export(self, path: str, dtype: str | None = None) -> str:
         import torch
 
-        from engines.es_state import export_checkpoint
+        from engines.safetensors_io import export_checkpoint
 
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -5,9 +5,10 @@ an fp32 master copy of its part of every HF tensor (the base weights; engines.es
 the model's weights from it:
 
     perturb(seed, sigma)   weights := base + sigma * eps(seed)
-    restore()              weights := base, by copy from the master (bit-exact, no drift); its checksum
+    restore()              weights := base, by copy from the master (bit-exact, no drift); its checksums
     apply_update(pairs)    base += sum_i coeff_i * eps(seed_i), accumulated in the master
-    checksum()             digest of the master and the current perturbation
+    checksum()             digests of the weights the model serves (read through its kernels) and of the master
+    master_checksum()      digest of the master alone (the base)
     export(path)           HF checkpoint of the base weights
     read_weights(names)    effective weights under HF names, read back through the compute kernels
 
@@ -23,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from engines.es_state import ESState, load_checkpoint
+from engines.es_state import ESState
+from engines.safetensors_io import load_checkpoint
 from engines.layout import Target, build_targets, tp_rank_and_size
 from engines.lora_slots import LoRASlots
 
@@ -53,7 +55,7 @@ class ESWorkerExtension(LoRASlots):
         self._es = ESState(master, self._write_all, model_dir, noise_cache_bytes,
                            slices={name: piece.slice for name, (_, piece) in self._by_hf.items()},
                            counted={name for name, (_, piece) in self._by_hf.items() if piece.counted},
-                           noise_mode=noise_mode)
+                           noise_mode=noise_mode, read_all=self._read_all)
         return {
             **self._es.info(),
             "rank": self._rank,
@@ -74,8 +76,11 @@ class ESWorkerExtension(LoRASlots):
     def apply_update(self, pairs: list[tuple[int, float]], options: dict | None = None) -> dict:
         return self._es.apply_update(pairs, options)
 
-    def checksum(self, base_only: bool = False) -> str:
-        return self._es.checksum(base_only)
+    def checksum(self) -> dict[str, str]:
+        return self._es.checksum()
+
+    def master_checksum(self) -> str:
+        return self._es.master_checksum()
 
     def export(self, path: str, dtype: str | None = None) -> str:
         return self._es.export(path, dtype)
@@ -89,7 +94,7 @@ class ESWorkerExtension(LoRASlots):
 
     # ---- per-rank parts, combined by the engine actor under tensor parallelism ------------------
     def checksum_parts(self) -> dict:
-        return {"parts": self._es.checksum_parts(), "perturbation": self._es.perturbation}
+        return self._es.checksum_parts()
 
     def read_weight_parts(self, names: list[str] | None = None) -> dict[str, dict]:
         out = {}
@@ -132,6 +137,16 @@ class ESWorkerExtension(LoRASlots):
                 if target.removed:
                     target.module.weight = torch.nn.Parameter(full, requires_grad=False)
                 _repack(target)
+
+    def _read_all(self, read) -> None:
+        """For every HF part: `read(name, served)` with the values the model computes with."""
+        cache: dict[int, torch.Tensor] = {}
+        with torch.no_grad():
+            for target in self._targets:
+                full = self._effective(target, cache)
+                for piece in target.pieces:
+                    read(piece.hf_name, full[piece.offset : piece.offset + piece.local_shape[0]])
+                cache.clear()  # one target's read at a time
 
     def _effective(self, target: Target, cache: dict[int, torch.Tensor]) -> torch.Tensor:
         if id(target) in cache:

@@ -6,7 +6,7 @@
 
 A checkpoint is built in a hidden temporary folder and renamed into place, so a kill during a save
 leaves the previous checkpoint intact. Weights are safetensors and state is JSON: nothing is
-unpickled. The run's update log (esvllm.updatelog, RUN/updates.jsonl) rebuilds the weights:
+unpickled. The run's update log (engines.updatelog, RUN/updates.jsonl) rebuilds the weights:
 `model_path` + replaying entries [model_iteration, iteration) with `apply_update`.
 
 A checkpoint records only what exists: an exported model is checked complete (config, tokenizer,

@@ -116,7 +116,8 @@ class Coordinator:
         return iteration_record(iteration, scored, len(samples), timing, seeds=seeds, sigma=sigma, alpha=alpha,
                                 coefficients=[c for _, c in pairs],
                                 update_norm=next(r["update_norm"] for r in results if r), engine_restarts=restarts,
-                                engines=len(self.fleet.engines), checksum=checksum)
+                                engines=len(self.fleet.engines),
+                                checksum=checksum and checksum["served"], master_checksum=checksum and checksum["master"])
 
     def batch(self, iteration: int) -> list[dict]:
         size = self.config.batch_size

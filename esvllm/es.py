@@ -14,7 +14,7 @@ import hashlib
 import math
 from typing import Callable, Sequence
 
-from esvllm.noise import MAX_SEED
+from kernels import MAX_SEED
 
 STD_EPSILON = 1e-8
 

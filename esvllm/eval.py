@@ -150,7 +150,7 @@ def main(argv=None) -> dict:
         sys.exit(f"error: {exc}")
     from engines.fleet import Fleet
     from engines.pool import EngineOptions, EnginePool
-    from esvllm.updatelog import UpdateLog
+    from engines.updatelog import UpdateLog
 
     options = EngineOptions(device=config.resolved_device, backend=config.engine, num_engines=config.num_engines,
                             cuda_devices=config.gpu_ids or None, dtype=config.precision,

@@ -112,7 +112,7 @@ def prepare_run(config: RunConfig, model_path: str):
     or resumed run. A resumed run continues after the last iteration of its update log."""
     from esvllm import checkpoint
     from esvllm.runlog import RunLog, read_metrics, run_dir_name
-    from esvllm.updatelog import UpdateLog
+    from engines.updatelog import UpdateLog
 
     if not config.resume:
         run_dir = Path(config.output_dir) / run_dir_name(config.experiment, config.model_name, config.global_seed)

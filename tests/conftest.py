@@ -15,17 +15,17 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(params=("avx2", "portable", "torch"))
 def cpu_kernel(request, monkeypatch):
     """Each CPU kernel level this processor runs, and the torch reference: the test runs with each."""
-    from esvllm import noise_cpu
+    from kernels import cpu, cpu_lib
 
     level = request.param
-    if level == noise_cpu.REFERENCE:
-        chosen = noise_cpu.Kernel(level, None)
+    if level == cpu.REFERENCE:
+        chosen = cpu.Kernel(level, None)
     else:
-        compiler = noise_cpu.find_compiler()
-        if compiler is None or level not in noise_cpu.supported_levels(compiler):
+        compiler = cpu_lib.find_compiler()
+        if compiler is None or level not in cpu_lib.supported_levels(compiler):
             pytest.skip(f"this machine does not run the {level} CPU kernel")
-        chosen = noise_cpu.Kernel(level, noise_cpu.build(compiler, level))
-    monkeypatch.setattr(noise_cpu, "kernel", lambda: chosen)
+        chosen = cpu.Kernel(level, cpu_lib.build(compiler, level))
+    monkeypatch.setattr(cpu, "kernel", lambda: chosen)
     return level
 
 

@@ -65,7 +65,7 @@ def test_the_adder_starts_between_5_and_50_percent_and_its_format_holds_it_back(
     from esvllm.eval import Evaluator
     from esvllm.models import resolve_model
     from esvllm.scoring import Scorer
-    from esvllm.updatelog import UpdateLog
+    from engines.updatelog import UpdateLog
     from rewards.data import task_splits
 
     from .conftest import start_pool

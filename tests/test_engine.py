@@ -1,7 +1,7 @@
 """The engine verbs on real vLLM CPU engines in Ray actors, checked against independent computations.
 
 Expected weights are computed here from the engine's base weights at the start of each test and
-`esvllm.noise`; the engine's weights are read back through its own compute kernels (`read_weights`),
+`kernels`; the engine's weights are read back through its own compute kernels (`read_weights`),
 so vLLM's repacked linear layers cannot escape. Tests may run in any order: each one that changes
 the base weights changes both engines of the pair alike, so they are in step for the next.
 """
@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from esvllm.noise import noise
+from kernels import noise
 
 pytestmark = pytest.mark.engine
 
@@ -24,7 +24,7 @@ def checkpoint(tiny_model):
 
 
 def in_step(a, b):
-    assert a.checksum(base_only=True) == b.checksum(base_only=True), "the pair is out of step"
+    assert a.master_checksum() == b.master_checksum(), "the pair is out of step"
 
 
 def texts(engine):
@@ -129,12 +129,38 @@ def test_an_update_reusing_this_engines_own_noise_equals_one_that_draws_it_again
         torch.testing.assert_close(master[name], expected, rtol=4e-7, atol=1e-8, msg=lambda m: f"{name}: {m}")
 
 
-def test_checksum_sees_a_perturbation_and_restore_reports_the_base_checksum(fresh_pair):
+def test_the_served_checksum_sees_a_perturbation_and_restore_reports_the_base_checksums(fresh_pair):
     engine = fresh_pair[0]
     base = engine.checksum()
+    assert base["served"] == base["master"]  # an fp32 engine serves its master's bits
     engine.perturb(3, 0.01)
     perturbed = engine.checksum()
-    assert engine.restore() == base != perturbed
+    assert perturbed["served"] != base["served"] and perturbed["master"] == base["master"]
+    assert engine.restore() == base
+
+
+def test_one_wrong_element_inside_a_packed_kernel_is_seen_by_the_served_checksum(fresh_pair):
+    a, b = fresh_pair
+    in_step(a, b)
+    name = "model.layers.0.mlp.gate_proj.weight"  # lives only inside the packed gate_up_proj kernel
+
+    def write_one_wrong_element(worker):  # sent to the worker: a kernel that wrote one value wrong
+        def write(hf_name, master, dst):
+            dst.copy_(master)
+            if hf_name == name:
+                dst.view(-1)[5] += 0.01
+
+        worker._write_all(write)
+
+    assert a.checksum() == b.checksum()
+    a.call("rpc", write_one_wrong_element)
+    try:
+        wrong, right = a.checksum(), b.checksum()
+        assert wrong["master"] == right["master"]  # the masters agree: a master checksum cannot see it
+        assert wrong["served"] != right["served"]
+    finally:
+        a.restore()
+    assert a.checksum() == b.checksum()
 
 
 @pytest.mark.engine

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from esvllm.noise import noise
+from kernels import noise
 
 from .conftest import start_pool
 

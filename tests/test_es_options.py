@@ -9,7 +9,7 @@ import torch
 
 from engines.es_state import ESState
 from esvllm.es import antithetic_coefficients, scheduled, tell
-from esvllm.noise import noise
+from kernels import noise
 from esvllm.runlog import read_metrics
 
 from .helpers import FAKE, final_weights, run, same_weights, without_eval

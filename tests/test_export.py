@@ -37,7 +37,7 @@ def test_small_shards_split_the_tensors_in_order_and_the_index_names_each_ones_f
 def test_an_export_in_the_model_dtype_loads_in_transformers(tmp_path, tiny_model):
     from transformers import AutoModelForCausalLM
 
-    from engines.es_state import load_checkpoint
+    from engines.safetensors_io import load_checkpoint
 
     master = load_checkpoint(tiny_model, "cpu", torch.float32)
     es = ESState(master, lambda write: None, tiny_model)

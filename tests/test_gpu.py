@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from esvllm.noise import noise
+from kernels import noise
 
 from .conftest import start_pool
 

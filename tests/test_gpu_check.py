@@ -19,4 +19,5 @@ def test_the_lora_shaped_buffers_hold_the_bytes_the_plan_counts(size):
 def test_the_bf16_options_section_passes_on_cpu_against_itself():
     for name, figures in options_with_bf16_weights("cpu").items():
         assert figures["perturb_within_one_bf16_rounding"] and figures["restore_exact"], name
+        assert figures["restore_checksums_equal_cpu"], name
         assert figures["update_relative_error"] == 0.0, name

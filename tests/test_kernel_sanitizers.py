@@ -11,21 +11,21 @@ import numpy as np
 import pytest
 import torch
 
-from esvllm import kernel_check, noise_cpu
-from esvllm.noise import bits_to_normal_reference, philox_key, quantile_table
+from kernels import cpu, cpu_check, cpu_lib
+from kernels import bits_to_normal_reference, philox_key, quantile_table
 
 DRIVER = Path(__file__).parent / "c" / "kernel_driver.c"
 SANITIZE = ["-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
-SHARDS = kernel_check.SHARDS  # the driver draws the same blocks, in this order
+SHARDS = cpu_check.SHARDS  # the driver draws the same blocks, in this order
 
 
 def sanitized_driver(level: str, tmp_path: Path) -> Path:
-    compiler = noise_cpu.find_compiler()
+    compiler = cpu_lib.find_compiler()
     if compiler is None:
         pytest.skip("no C compiler")
-    flags = [f for f in noise_cpu.level_flags(level) if f not in ("-shared", "-fPIC")]
+    flags = [f for f in cpu_lib.level_flags(level) if f not in ("-shared", "-fPIC")]
     out = tmp_path / f"driver-{level}"
-    done = subprocess.run([compiler, *flags, *SANITIZE, str(noise_cpu.SOURCE), str(DRIVER), "-o", str(out), "-lm"],
+    done = subprocess.run([compiler, *flags, *SANITIZE, str(cpu_lib.SOURCE), str(DRIVER), "-o", str(out), "-lm"],
                           capture_output=True, text=True)
     if done.returncode != 0 and "asan" in done.stderr.lower():
         pytest.skip(f"the compiler has no sanitizer runtime here: {done.stderr[-200:]}")
@@ -37,14 +37,14 @@ def expected_outputs(words: torch.Tensor, key: tuple[int, int]) -> bytes:
     f32 = lambda t: t.contiguous().numpy().astype(np.float32).tobytes()
     parts = [f32(bits_to_normal_reference(words))]
     for rows, width, row0, col0, stride in SHARDS:
-        parts.append(f32(kernel_check.reference_block(key, rows, width, row0, col0, stride)))
+        parts.append(f32(cpu_check.reference_block(key, rows, width, row0, col0, stride)))
     # as the driver computes it: a float32 product, rounded once
     master = (torch.tensor([i % 13 - 6 for i in range(5 * 37)], dtype=torch.float32) * torch.tensor(0.01)).view(5, 37)
-    eps = kernel_check.reference_block(key, 5, 37, 0, 0, 37)
-    parts += [f32(eps), f32(kernel_check.one_rounding_sum([(0.003, eps)], master))]
-    terms = [(c, kernel_check.reference_block(((key[0] + d) & 0xFFFFFFFF, key[1]), 5, 37, 0, 0, 37))
+    eps = cpu_check.reference_block(key, 5, 37, 0, 0, 37)
+    parts += [f32(eps), f32(cpu_check.one_rounding_sum([(0.003, eps)], master))]
+    terms = [(c, cpu_check.reference_block(((key[0] + d) & 0xFFFFFFFF, key[1]), 5, 37, 0, 0, 37))
              for d, c in enumerate([0.5, -0.25, 1e-3])]
-    parts.append(f32(kernel_check.one_rounding_sum(terms, torch.zeros(5, 37))))
+    parts.append(f32(cpu_check.one_rounding_sum(terms, torch.zeros(5, 37))))
     raw = words.numpy().astype(np.uint32)
     for values, col0 in ((raw.view(np.int32).astype(np.int64), 3), (raw.view(np.int16).astype(np.int64), 5)):
         index = col0 + np.arange(values.size, dtype=np.int64)
@@ -54,14 +54,14 @@ def expected_outputs(words: torch.Tensor, key: tuple[int, int]) -> bytes:
     return b"".join(parts)
 
 
-@pytest.mark.parametrize("level", noise_cpu.LEVELS)
+@pytest.mark.parametrize("level", cpu_lib.LEVELS)
 def test_the_kernel_source_runs_clean_under_the_sanitizers_and_computes_the_reference(level, tmp_path):
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("no C compiler")
-    if level not in noise_cpu.supported_levels(noise_cpu.find_compiler()):
+    if level not in cpu_lib.supported_levels(cpu_lib.find_compiler()):
         pytest.skip(f"this processor does not run the {level} level")
     driver = sanitized_driver(level, tmp_path)
-    words = kernel_check.edge_words()
+    words = cpu_check.edge_words()
     key = philox_key(5, "model.embed_tokens.weight")
     (tmp_path / "table").write_bytes(np.array(quantile_table(), dtype=np.int32).tobytes())
     (tmp_path / "words").write_bytes(words.numpy().astype(np.uint32).tobytes())
@@ -77,12 +77,12 @@ def test_the_portable_level_builds_for_aarch64_and_computes_the_reference(tmp_pa
     cross, qemu = shutil.which("aarch64-linux-gnu-gcc"), shutil.which("qemu-aarch64")
     if not (cross and qemu):
         pytest.skip("no aarch64 cross compiler and qemu-aarch64 here (apt: gcc-aarch64-linux-gnu qemu-user)")
-    flags = [f for f in noise_cpu.COMMON_FLAGS if f not in ("-shared", "-fPIC")] + ["-DESVLLM_PORTABLE", "-static"]
+    flags = [f for f in cpu_lib.COMMON_FLAGS if f not in ("-shared", "-fPIC")] + ["-DESVLLM_PORTABLE", "-static"]
     driver = tmp_path / "driver-aarch64"
-    done = subprocess.run([cross, *flags, str(noise_cpu.SOURCE), str(DRIVER), "-o", str(driver), "-lm"],
+    done = subprocess.run([cross, *flags, str(cpu_lib.SOURCE), str(DRIVER), "-o", str(driver), "-lm"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    words = kernel_check.edge_words()
+    words = cpu_check.edge_words()
     key = philox_key(5, "model.embed_tokens.weight")
     (tmp_path / "table").write_bytes(np.array(quantile_table(), dtype=np.int32).tobytes())
     (tmp_path / "words").write_bytes(words.numpy().astype(np.uint32).tobytes())

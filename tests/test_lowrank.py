@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from esvllm.lowrank import factors
+from kernels.lowrank import factors
 from esvllm.runlog import read_metrics
 
 from .conftest import start_pool

@@ -10,8 +10,9 @@ import sys
 import pytest
 import torch
 
-from esvllm.noise import (TABLE_SHA256, bits_to_normal_reference, fill_noise, fill_noise_rows, noise,
-                          noise_reference, philox_key, philox_reference, table_digest)
+from kernels import (TABLE_SHA256, bits_to_normal_reference, fill_noise, fill_noise_rows, noise, noise_reference,
+                     philox_key, table_digest)
+from kernels.definition import philox_reference
 
 
 def corr(a, b):
@@ -112,29 +113,38 @@ def test_seed_outside_31_bits_is_rejected(bad_seed):
 
 TRITON_CHECK = """
 import torch
-from esvllm import noise_triton
-from esvllm.noise import noise_reference, philox_key
+from kernels import cuda
+from kernels import noise_reference, philox_key
 name = "model.layers.0.mlp.up_proj.weight"
 index = (torch.arange(5)[:, None] + 3) * 50 + 6 + torch.arange(37)[None, :]
 reference = noise_reference(9, name, index)
 out = torch.empty(5, 37)
-noise_triton.fill_rows(out, philox_key(9, name), 3, 6, 50)
+cuda.fill_rows(out, philox_key(9, name), 3, 6, 50)
 assert torch.equal(out, reference), "fill"
 master = torch.randn(5, 37)
 dst = torch.empty(5, 37)
-noise_triton.perturb_rows(dst, master, philox_key(9, name), 0.01, 3, 6, 50)
+cuda.perturb_rows(dst, master, philox_key(9, name), 0.01, 3, 6, 50)
 assert torch.equal(dst, master + torch.tensor(0.01, dtype=torch.float32) * reference), "perturb"
 seeds, coefficients = (1, 2, 3), (0.5, -0.25, 0.125)
-noise_triton.combine_rows(out, [philox_key(s, name) for s in seeds], list(coefficients), 3, 6, 50)
+cuda.combine_rows(out, [philox_key(s, name) for s in seeds], list(coefficients), 3, 6, 50)
 expected = torch.zeros(5, 37)
 for s, c in zip(seeds, coefficients):
     expected += torch.tensor(c, dtype=torch.float32) * noise_reference(s, name, index)
 assert torch.equal(out, expected), "combine"
+from kernels import Slice  # the interface every backend implements (kernels/__init__.py)
+where, terms = Slice(3, 6, 50), [(philox_key(s, name), c, None) for s, c in zip(seeds, coefficients)]
+via_fill, via_perturb, via_combine = torch.empty(5, 37), torch.empty(5, 37), torch.empty(5, 37)
+cuda.fill(via_fill, philox_key(9, name), where)
+cuda.perturb(via_perturb, master, philox_key(9, name), 0.01, where)
+cuda.combine(via_combine, terms, where)
+assert torch.equal(via_fill, reference) and torch.equal(via_perturb, dst) and torch.equal(via_combine, out), "interface"
+from kernels import reference as torch_kernels
+assert cuda.checksum(master.view(torch.int32), where) == torch_kernels.checksum(master.view(torch.int32), where)
 transposed = torch.empty(37, 5).t()  # a (5, 37) view whose rows are not contiguous
-for call in (lambda: noise_triton.fill_rows(transposed, philox_key(9, name), 0, 0, 37),
-             lambda: noise_triton.perturb_rows(transposed, master, philox_key(9, name), 0.01, 0, 0, 37),
-             lambda: noise_triton.perturb_rows(dst, master.t().contiguous().t(), philox_key(9, name), 0.01, 0, 0, 37),
-             lambda: noise_triton.combine_rows(transposed, [philox_key(1, name)], [0.5], 0, 0, 37)):
+for call in (lambda: cuda.fill_rows(transposed, philox_key(9, name), 0, 0, 37),
+             lambda: cuda.perturb_rows(transposed, master, philox_key(9, name), 0.01, 0, 0, 37),
+             lambda: cuda.perturb_rows(dst, master.t().contiguous().t(), philox_key(9, name), 0.01, 0, 0, 37),
+             lambda: cuda.combine_rows(transposed, [philox_key(1, name)], [0.5], 0, 0, 37)):
     try:
         call()
     except ValueError as exc:
@@ -146,7 +156,7 @@ print("ok")
 
 
 def test_the_cuda_kernels_compute_the_reference_and_refuse_strided_views_in_triton_s_interpreter():
-    # The kernels of esvllm.noise_triton run on CPU tensors under TRITON_INTERPRET=1; on a GPU the
+    # The kernels of kernels.cuda run on CPU tensors under TRITON_INTERPRET=1; on a GPU the
     # same code is compiled (the gpu-marked test and `make gpu-check` check it there).
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     out = subprocess.run([sys.executable, "-c", TRITON_CHECK], capture_output=True, text=True, env=env, timeout=600)

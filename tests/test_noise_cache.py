@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engines.es_state import ESState
-from esvllm.noise import noise
+from kernels import noise
 
 SHAPES = {"a.weight": (64, 32), "b.weight": (32,), "c.weight": (16, 64)}
 MEMBER_BYTES = sum(torch.Size(s).numel() for s in SHAPES.values()) * 4
@@ -33,10 +33,14 @@ class Model:
                 raise RuntimeError(f"write of {name} failed")
             write(name, tensor, self.weights[name])
 
+    def read_all(self, read):
+        for name, served in self.weights.items():
+            read(name, served)
+
 
 def es_state(cache_bytes: int) -> tuple[ESState, Model]:
     model = Model(base_weights())
-    return ESState(model.master, model.write_all, None, cache_bytes), model
+    return ESState(model.master, model.write_all, None, cache_bytes, read_all=model.read_all), model
 
 
 def test_the_budget_sets_how_many_members_are_kept():

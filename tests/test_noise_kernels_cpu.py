@@ -1,4 +1,4 @@
-"""The CPU kernels (esvllm/noise_cpu.c), each named level this processor runs: the table map equals
+"""The CPU kernels (kernels/noise_cpu.c), each named level this processor runs: the table map equals
 the reference at every edge, shards and counters are the reference's, the fused perturb and update
 round as stated; the load-time check refuses a wrong build and the next level down is used; the
 cache never loads a build made by another compiler or for another level."""
@@ -10,28 +10,28 @@ from pathlib import Path
 import pytest
 import torch
 
-from esvllm import kernel_check, noise_cpu
-from esvllm.noise import bits_to_normal_reference, noise, noise_reference, philox_key
+from kernels import cpu, cpu_check, cpu_lib
+from kernels import Slice, bits_to_normal_reference, noise, noise_reference, philox_key
 
 NAME = "model.layers.0.mlp.down_proj.weight"
 
 
 def compiler() -> str:
-    found = noise_cpu.find_compiler()
+    found = cpu_lib.find_compiler()
     if found is None:
         pytest.skip("no C compiler: only the torch reference runs here")
     return found
 
 
 def runs_here(level: str) -> bool:
-    return level in noise_cpu.supported_levels(compiler())
+    return level in cpu_lib.supported_levels(compiler())
 
 
-@pytest.fixture(params=noise_cpu.LEVELS)
+@pytest.fixture(params=cpu_lib.LEVELS)
 def lib(request):
     if not runs_here(request.param):
         pytest.skip(f"this processor does not run the {request.param} level")
-    return noise_cpu.build(compiler(), request.param)
+    return cpu_lib.build(compiler(), request.param)
 
 
 def edge_bits() -> torch.Tensor:
@@ -47,13 +47,13 @@ def edge_bits() -> torch.Tensor:
 
 def fill(lib, rows, width, key, row0, col0, stride) -> torch.Tensor:
     out = torch.empty(rows, width)
-    noise_cpu.fill_rows(out, key, row0, col0, stride, lib=lib)
+    cpu_lib.fill_rows(out, key, row0, col0, stride, lib=lib)
     return out
 
 
 def test_the_table_map_equals_the_reference_at_every_edge(lib):
     u = edge_bits()
-    assert torch.equal(noise_cpu.bits_to_normal(lib, u).view(torch.int32), bits_to_normal_reference(u).view(torch.int32))
+    assert torch.equal(cpu_lib.bits_to_normal(lib, u).view(torch.int32), bits_to_normal_reference(u).view(torch.int32))
 
 
 SHAPES = [(1, 24_001, 0, 0, 0), (7, 13, 3, 5, 40), (1, 3, 0, 1, 0), (5, 1001, 2, 0, 1001), (3, 300, 1, 77, 1000)]
@@ -83,7 +83,7 @@ def test_the_fused_perturb_draws_the_noise_and_writes_master_plus_sigma_eps_with
     # then once to float32 (a double rounding only at an exact float32 midpoint: not among these)
     want = (master.double() + s32 * eps_want.double()).float()
     eps, dst = torch.empty(shape), torch.empty(shape)
-    assert noise_cpu.perturb_rows(eps, master, dst, sigma, philox_key(9, NAME), 0, 0, shape[1], lib=lib)
+    cpu_lib.perturb_rows(eps, master, dst, sigma, philox_key(9, NAME), 0, 0, shape[1], lib=lib)
     assert torch.equal(eps, eps_want)
     assert torch.equal(dst, want)
 
@@ -99,12 +99,12 @@ def test_the_fused_update_adds_each_members_term_in_order_with_one_rounding(lib)
     kept_seeds = {12, 14}  # these two read from kept buffers, the others drawn
     terms = [(philox_key(s, NAME), c, eps[s] if s in kept_seeds else None) for s, c in zip(seeds, coeffs)]
     delta = torch.full(shape, float("nan"))
-    assert noise_cpu.combine_rows(delta, terms, 0, 0, shape[1], lib=lib)
+    cpu_lib.combine_rows(delta, terms, 0, 0, shape[1], lib=lib)
     assert torch.equal(delta, want)
 
 
 def test_every_level_passes_the_load_time_check(lib):
-    assert kernel_check.check_kernel(lib) is None
+    assert cpu_check.check_kernel(lib) is None
 
 
 def test_the_update_through_the_wrapper_matches_the_torch_code_it_replaces():
@@ -112,7 +112,7 @@ def test_the_update_through_the_wrapper_matches_the_torch_code_it_replaces():
     seeds, coeffs = [1, 2, 3], [0.1, -0.2, 0.3]
     delta = torch.empty(shape)
     terms = [(philox_key(s, NAME), c, None) for s, c in zip(seeds, coeffs)]
-    assert noise_cpu.combine_rows(delta, terms, 0, 0, shape[1])
+    cpu.combine(delta, terms, Slice(0, 0, shape[1]))
     torch_sum = torch.zeros(shape)
     for s, c in zip(seeds, coeffs):
         torch_sum.add_(noise(s, NAME, shape), alpha=c)
@@ -121,67 +121,67 @@ def test_the_update_through_the_wrapper_matches_the_torch_code_it_replaces():
 
 @pytest.fixture
 def fresh_kernel():
-    """noise_cpu.kernel() chosen anew in this test, and again for the tests after it."""
-    noise_cpu.kernel.cache_clear()
+    """cpu.kernel() chosen anew in this test, and again for the tests after it."""
+    cpu.kernel.cache_clear()
     yield
-    noise_cpu.kernel.cache_clear()
+    cpu.kernel.cache_clear()
 
 
-@pytest.mark.parametrize("faulty", noise_cpu.LEVELS)
+@pytest.mark.parametrize("faulty", cpu_lib.LEVELS)
 def test_a_wrong_build_is_refused_and_the_next_level_down_is_used_with_one_warning(faulty, monkeypatch, caplog,
                                                                                  fresh_kernel):
     if not runs_here(faulty):
         pytest.skip(f"this processor does not run the {faulty} level")
-    monkeypatch.setenv(noise_cpu.LEVEL_ENV, faulty)
-    monkeypatch.setenv(noise_cpu.FAULT_ENV, faulty)
-    assert kernel_check.check_kernel(noise_cpu.build(compiler(), faulty)) is not None  # the check sees the fault
-    with caplog.at_level(logging.WARNING, logger="esvllm.noise_cpu"):
-        chosen = noise_cpu.kernel()
-    below = noise_cpu.LEVELS[noise_cpu.LEVELS.index(faulty) + 1:] + (noise_cpu.REFERENCE,)
+    monkeypatch.setenv(cpu.LEVEL_ENV, faulty)
+    monkeypatch.setenv(cpu_lib.FAULT_ENV, faulty)
+    assert cpu_check.check_kernel(cpu_lib.build(compiler(), faulty)) is not None  # the check sees the fault
+    with caplog.at_level(logging.WARNING, logger="kernels.cpu"):
+        chosen = cpu.kernel()
+    below = cpu_lib.LEVELS[cpu_lib.LEVELS.index(faulty) + 1:] + (cpu.REFERENCE,)
     assert chosen.level == below[0] and [name for name, _ in chosen.refused] == [faulty]
     [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert noise_cpu.cpu_model() in warning and f"level {faulty} refused" in warning
+    assert cpu_lib.cpu_model() in warning and f"level {faulty} refused" in warning
     assert f"using level {below[0]}" in warning
-    assert noise_cpu.describe()["cpu_kernel_refused"] == {faulty: chosen.refused[0][1]}
+    assert cpu.describe()["cpu_kernel_refused"] == {faulty: chosen.refused[0][1]}
     x = noise(3, NAME, (50, 77))  # the level in use draws the reference
     assert torch.equal(x, noise_reference(3, NAME, torch.arange(50 * 77)).view(50, 77))
 
 
 def test_the_cap_selects_each_level_and_torch_at_the_bottom(monkeypatch, fresh_kernel):
-    for level in (*noise_cpu.LEVELS, noise_cpu.REFERENCE):
-        if level in noise_cpu.LEVELS and not runs_here(level):
+    for level in (*cpu_lib.LEVELS, cpu.REFERENCE):
+        if level in cpu_lib.LEVELS and not runs_here(level):
             continue
-        monkeypatch.setenv(noise_cpu.LEVEL_ENV, level)
-        noise_cpu.kernel.cache_clear()
-        assert noise_cpu.kernel().level == level
-        assert (noise_cpu.library() is None) == (level == noise_cpu.REFERENCE)
-    monkeypatch.setenv(noise_cpu.LEVEL_ENV, "native")
-    noise_cpu.kernel.cache_clear()
+        monkeypatch.setenv(cpu.LEVEL_ENV, level)
+        cpu.kernel.cache_clear()
+        assert cpu.kernel().level == level
+        assert (cpu.library() is None) == (level == cpu.REFERENCE)
+    monkeypatch.setenv(cpu.LEVEL_ENV, "native")
+    cpu.kernel.cache_clear()
     with pytest.raises(ValueError, match="ESVLLM_CPU_KERNEL='native'.*avx2, portable, torch"):
-        noise_cpu.kernel()
+        cpu.kernel()
 
 
 def test_the_cache_key_holds_the_compiler_identity_and_the_level(monkeypatch, tmp_path):
     monkeypatch.setenv("ESVLLM_CACHE", str(tmp_path))
-    noise_cpu.build(compiler(), "portable")
-    monkeypatch.setattr(noise_cpu, "compiler_identity", lambda cc: "/opt/other-cc\nother 1.0\nx86_64-linux-gnu")
-    noise_cpu.build(compiler(), "portable")
-    noise_cpu.build(compiler(), "portable", ("-DESVLLM_UNUSED=1",))  # other flags
+    cpu_lib.build(compiler(), "portable")
+    monkeypatch.setattr(cpu_lib, "compiler_identity", lambda cc: "/opt/other-cc\nother 1.0\nx86_64-linux-gnu")
+    cpu_lib.build(compiler(), "portable")
+    cpu_lib.build(compiler(), "portable", ("-DESVLLM_UNUSED=1",))  # other flags
     built = sorted(p.name for p in (tmp_path / "kernels").glob("*.so"))
     assert len(built) == 3 and all(name.startswith("noise_cpu-portable-") for name in built)
 
 
 def test_the_compiler_identity_names_its_path_version_and_target():
-    identity = noise_cpu.compiler_identity(compiler())
+    identity = cpu_lib.compiler_identity(compiler())
     path, version, target = identity.split("\n")[0], identity.split("\n")[1], identity.split("\n")[-1]
     assert Path(path).is_file() and re.search(r"\d+\.\d+", version) and "-" in target
 
 
 def test_no_level_is_compiled_for_the_machine_that_builds_it():
-    for level in noise_cpu.LEVELS:
-        flags = noise_cpu.level_flags(level)
+    for level in cpu_lib.LEVELS:
+        flags = cpu_lib.level_flags(level)
         assert not any(f in ("-march=native", "-mtune=native", "-mcpu=native") for f in flags), level
-    assert "-DESVLLM_PORTABLE" in noise_cpu.level_flags("portable")
+    assert "-DESVLLM_PORTABLE" in cpu_lib.level_flags("portable")
 
 
 def avx512vl_here() -> bool:
@@ -194,10 +194,10 @@ def avx512vl_here() -> bool:
 def test_the_avx2_source_is_right_when_a_compiler_adds_avx512(monkeypatch, tmp_path):
     """-march=native on AVX-512 processors: GCC 12 miscompiled an inverted blend mask there. The
     source no longer inverts a mask; built as an AVX-512 compiler would build it, it passes the check."""
-    if not (noise_cpu.is_x86() and avx512vl_here()):
+    if not (cpu_lib.is_x86() and avx512vl_here()):
         pytest.skip("needs an AVX-512VL processor to run the AVX-512 build")
     monkeypatch.setenv("ESVLLM_CACHE", str(tmp_path))
-    lib = noise_cpu.build(compiler(), "avx2", ("-march=x86-64-v4",))
-    assert kernel_check.check_kernel(lib) is None
+    lib = cpu_lib.build(compiler(), "avx2", ("-march=x86-64-v4",))
+    assert cpu_check.check_kernel(lib) is None
     u = edge_bits()
-    assert torch.equal(noise_cpu.bits_to_normal(lib, u).view(torch.int32), bits_to_normal_reference(u).view(torch.int32))
+    assert torch.equal(cpu_lib.bits_to_normal(lib, u).view(torch.int32), bits_to_normal_reference(u).view(torch.int32))

@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from esvllm import noise_cpu
+from kernels import cpu, cpu_lib
 from esvllm.checkpoint import latest_checkpoint, load_state
-from esvllm.noise import noise
+from kernels import noise
 from esvllm.run import main
 from esvllm.runlog import read_metrics
 
@@ -119,7 +119,7 @@ def block_replacements(monkeypatch, tmp_path) -> None:
 
 
 def test_when_no_engine_can_start_the_run_saves_a_checkpoint_and_stops(tmp_path, monkeypatch, ray_session):
-    from esvllm.updatelog import UpdateLog
+    from engines.updatelog import UpdateLog
 
     block_replacements(monkeypatch, tmp_path)
     with pytest.raises(SystemExit, match="error: every engine died.*checkpoint saved"):  # no traceback
@@ -137,7 +137,7 @@ def test_a_reward_that_always_raises_stops_the_run_naming_its_exception(tmp_path
 def test_engines_out_of_step_stop_the_run_with_both_checksums(ray_session, tiny_model):
     from engines.fleet import EnginesDisagree, Fleet
     from engines.pool import EngineOptions, EnginePool
-    from esvllm.updatelog import UpdateLog
+    from engines.updatelog import UpdateLog
 
     pool = EnginePool.start(tiny_model, EngineOptions(backend="fake", num_engines=2))
     try:
@@ -161,13 +161,17 @@ def test_wandb_offline_gets_the_config_and_the_same_scalars(tmp_path, monkeypatc
     assert (run_dir / "wandb_id").read_text().strip() in log.name  # a resume continues this wandb run
 
 
-def test_engines_that_compute_different_weights_stop_the_run_at_the_state_they_agreed_on(reference, tmp_path,
-                                                                                         monkeypatch):
-    monkeypatch.setenv("ESVLLM_FAKE_CORRUPT", "1:3")  # engine 1 writes a wrong value in its third update
+@pytest.mark.parametrize("where, says", [("", "hold different base weights (master checksums engine 0"),
+                                         (":served", "serve different weights (served checksums engine 0")])
+def test_engines_that_compute_different_weights_stop_the_run_at_the_state_they_agreed_on(where, says, reference,
+                                                                                         tmp_path, monkeypatch):
+    # Engine 1 gets one value wrong in its third update: in its master (an update kernel's fault) or
+    # only in the weights it serves (a write kernel's fault, which a master checksum cannot see).
+    monkeypatch.setenv("ESVLLM_FAKE_CORRUPT", f"1:3{where}")
     with pytest.raises(SystemExit) as stop:  # one message, no traceback
         run(tmp_path, "run", FIVE, base=FAKE)
     message = str(stop.value.code)
-    assert message.startswith("error: after iteration 2 the engines hold different weights: engine 0")
+    assert message.startswith(f"error: after iteration 2 the engines {says}")
     assert "engine 1" in message and "engines.json" in message and "kernel level and CPU" in message
     [run_dir] = [p.parent for p in tmp_path.glob("*/*/engines.json")]
     assert f"--resume {run_dir}" in message
@@ -180,15 +184,15 @@ def test_engines_that_compute_different_weights_stop_the_run_at_the_state_they_a
 
 
 def test_a_run_whose_best_cpu_kernel_is_wrong_trains_on_the_next_level_down(reference, tmp_path, monkeypatch):
-    compiler = noise_cpu.find_compiler()
+    compiler = cpu_lib.find_compiler()
     if compiler is None:
         pytest.skip("no C compiler: only the torch reference runs here")
-    levels = noise_cpu.supported_levels(compiler) + [noise_cpu.REFERENCE]
+    levels = cpu_lib.supported_levels(compiler) + [cpu.REFERENCE]
     monkeypatch.setenv("ESVLLM_KERNEL_FAULT", levels[0])  # the engines' best level is built wrong
     run_dir = run(tmp_path, "run", FIVE, base=FAKE)
     for engine in json.loads((run_dir / "engines.json").read_text()):
         assert engine["cpu_kernel"] == levels[1] and list(engine["cpu_kernel_refused"]) == [levels[0]]
-        assert engine["cpu"] == noise_cpu.cpu_model()
+        assert engine["cpu"] == cpu_lib.cpu_model()
     assert_same_run(run_dir, reference)
 
 

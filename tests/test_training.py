@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from esvllm.noise import noise
+from kernels import noise
 from esvllm.runlog import read_metrics
 
 from .helpers import final_weights, run, same_weights, without_timing
@@ -79,7 +79,7 @@ def test_eval_of_the_exported_model_matches_the_in_training_eval(first_run):
 def test_checkpoints_and_the_best_model_are_written(first_run):
     from esvllm.checkpoint import latest_checkpoint, load_state
 
-    from esvllm.updatelog import UpdateLog
+    from engines.updatelog import UpdateLog
 
     latest = latest_checkpoint(first_run)
     state = load_state(latest)

@@ -2,7 +2,7 @@
 
 A member perturbs a weight matrix W (out x in) by sigma * E with E = A B^T / sqrt(r), A (out x r) and
 B (in x r) i.i.d. N(0, 1) drawn from the member's seed: eps(seed, name + "#A") and eps(seed, name +
-"#B") of esvllm.noise, so every engine regenerates them from the seed alone. E has unit variance
+"#B") of kernels.definition, so every engine regenerates them from the seed alone. E has unit variance
 per element, like full-rank noise. The update of N members, alpha/N * sum_i f_i E_i, is full rank:
 
     delta = [c_1 A_1, ..., c_N A_N] @ [B_1, ..., B_N]^T / sqrt(r)      (c_i = alpha/N * f_i)
@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from esvllm.noise import fill_noise
+from kernels import fill_noise
 
 
 def factor_names(name: str) -> tuple[str, str]:

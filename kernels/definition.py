@@ -1,4 +1,4 @@
-"""The one definition of ES noise: eps(seed, tensor name)[i] ~ N(0, 1), a pure function of
+"""The one definition of ES noise (the bottom of the kernel family): eps(seed, tensor name)[i] ~ N(0, 1), a pure function of
 (seed, name, element index i), the same bits on every device.
 
 Counter-based: element i of tensor `name` for population member `seed` comes from Philox4x32-10
@@ -11,7 +11,7 @@ The 32 random bits become a normal number by integer arithmetic only: the top bi
 other 31 select a point of a fixed table of the half-normal quantile function (3201 nodes, dense
 near the tails), linearly interpolated in fixed point, then converted to float32 once. Integer
 arithmetic and one correctly rounded conversion give the same bits in the torch reference here, the
-CPU kernel (esvllm.noise_cpu, C) and the CUDA kernel (esvllm.noise_triton). The interpolated
+CPU kernel (kernels.cpu, C) and the CUDA kernel (kernels.cuda). The interpolated
 quantile is within 2e-5 of the exact one (tested); values lie in [-6.24, 6.24].
 
 Why not torch.Generator: the earlier code seeded one generator per (seed, name), which made every
@@ -21,6 +21,7 @@ impossible to slice.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from functools import lru_cache
@@ -43,6 +44,21 @@ TABLE_BITS = 7
 FRACTION_BITS = 27
 TABLE_SIZE = (32 - TABLE_BITS) * 2**TABLE_BITS + 1
 TABLE_SHA256 = "84d30613d5f7818620a79a1affd5799c24e9169d0bebf164fe16b79e50baa071"  # tests and gpu-check compare
+
+
+@dataclasses.dataclass(frozen=True)
+class Slice:
+    """Where a (rows x width) block lies in its full tensor: element (row0 + r) * row_stride + col0 + c
+    (a whole matrix: Slice(0, 0, width); a tensor-parallel shard of rows or columns: its offsets)."""
+
+    row0: int = 0
+    col0: int = 0
+    row_stride: int = 0
+
+
+def as_rows(tensor: "torch.Tensor") -> "torch.Tensor":
+    """A 2-D (rows, width) view: a matrix as it is, a vector as one row."""
+    return tensor.view(tensor.shape[0], -1) if tensor.dim() >= 2 else tensor.view(1, -1)
 
 
 def check_sigma(sigma) -> None:
@@ -84,37 +100,6 @@ def quantile_table() -> tuple[int, ...]:
 def table_digest() -> str:
     data = b"".join(v.to_bytes(4, "little", signed=True) for v in quantile_table())
     return hashlib.sha256(data).hexdigest()
-
-
-def fill_noise(out: "torch.Tensor", seed: int, name: str, start: int = 0) -> "torch.Tensor":
-    """Overwrite `out` (float32, contiguous, any device) with elements [start, start + out.numel())
-    of eps(seed, name), and return it. Writes into a caller-owned buffer: hot loops allocate nothing."""
-    fill_noise_rows(out.view(1, -1), seed, name, row0=0, col0=start, row_stride=0)
-    return out
-
-
-def fill_noise_rows(out: "torch.Tensor", seed: int, name: str, row0: int, col0: int, row_stride: int) -> "torch.Tensor":
-    """`out` (rows x width, float32, contiguous) := the block of eps(seed, name) at rows
-    row0.. and columns col0.. of the tensor viewed with `row_stride` elements per row
-    (element index (row0 + r) * row_stride + col0 + c): a tensor-parallel shard of rows or columns."""
-    key = philox_key(seed, name)
-    if out.dtype.__repr__() != "torch.float32" or not out.is_contiguous():
-        raise ValueError(f"noise buffer must be contiguous float32, got {out.dtype} contiguous={out.is_contiguous()}")
-    if out.numel() == 0:
-        return out
-    if out.device.type == "cuda":
-        from esvllm.noise_triton import fill_rows
-    else:
-        from esvllm.noise_cpu import fill_rows
-    fill_rows(out, key, row0, col0, row_stride)
-    return out
-
-
-def noise(seed: int, name: str, shape, device="cpu") -> "torch.Tensor":
-    """eps(seed, name) as a new float32 tensor of `shape` (for tests and one-off use)."""
-    import torch
-
-    return fill_noise(torch.empty(tuple(shape), dtype=torch.float32, device=device), seed, name)
 
 
 # ---- the reference: the definition in torch integer ops (any device; slow, for tests) -------------
@@ -164,8 +149,13 @@ def bits_to_normal_reference(u: "torch.Tensor") -> "torch.Tensor":
 
 def noise_reference(seed: int, name: str, indices: "torch.Tensor") -> "torch.Tensor":
     """eps(seed, name) at the given element indices (int64), by the definition above."""
+    return noise_reference_from_key(philox_key(seed, name), indices)
+
+
+def noise_reference_from_key(key: tuple[int, int], indices: "torch.Tensor") -> "torch.Tensor":
+    """eps at the given element indices (int64) for a Philox key (philox_key(seed, name))."""
     import torch
 
-    lanes = philox_reference(indices >> 2, philox_key(seed, name))
+    lanes = philox_reference(indices >> 2, key)
     u = torch.stack(lanes, dim=-1).gather(-1, (indices & 3).unsqueeze(-1)).squeeze(-1)
     return bits_to_normal_reference(u)

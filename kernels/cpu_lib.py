@@ -1,6 +1,7 @@
-"""The CPU kernels: esvllm/noise_cpu.c (the noise; a member's weights written while its noise is
-drawn; the update's sum of many members' noise in one pass; the engines' weight checksum), compiled
-with the system C compiler and called through ctypes (which releases the GIL).
+"""The CPU kernels' library: kernels/noise_cpu.c (the noise; a member's weights written while its
+noise is drawn; the update's sum of many members' noise in one pass; the engines' weight checksum),
+compiled with the system C compiler and called through ctypes (which releases the GIL). Which level
+a process uses is kernels.cpu's choice.
 
 The C source is built for named instruction-set levels, never for "this machine" (-march=native
 gave wrong noise on AVX-512 processors: a compiler defect, see the README's kernel section):
@@ -10,7 +11,7 @@ gave wrong noise on AVX-512 processors: a compiler defect, see the README's kern
     torch     no compiler, or no level passed its check: the torch code, same values, many times slower
 
 At first use the best level this processor runs is built (cached), loaded and checked against the
-torch reference (esvllm.kernel_check); a level that fails is refused with one warning naming the CPU,
+torch reference (kernels.cpu_check); a level that fails is refused with one warning naming the CPU,
 the level refused and the level used, and the next level down is tried. ESVLLM_CPU_KERNEL=LEVEL
 caps the level (tests run each one). The level in use is in every engine's info (engines.json).
 
@@ -23,9 +24,7 @@ or level is never loaded.
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import hashlib
-import logging
 import os
 import platform
 import shutil
@@ -34,17 +33,14 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-from esvllm.noise import quantile_table
+from kernels.definition import quantile_table
 
-logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("noise_cpu.c")
 LEVELS = ("avx2", "portable")  # best first; the torch reference is below them
-REFERENCE = "torch"
 # No fast-math: the one int -> float conversion and the fma stay exact.
 COMMON_FLAGS = ["-O3", "-funroll-loops", "-fPIC", "-shared", "-fno-fast-math"]
 LIBS = ["-lm"]  # fmaf, where the processor has no FMA instruction
-LEVEL_ENV = "ESVLLM_CPU_KERNEL"  # cap the level: avx2, portable or torch
 FAULT_ENV = "ESVLLM_KERNEL_FAULT"  # tests only: build this level with a deliberate fault
 
 
@@ -135,80 +131,10 @@ def bind(lib):
     return lib
 
 
-@dataclasses.dataclass(frozen=True)
-class Kernel:
-    """The CPU kernel in use: its level, the library (None for the torch reference) and the levels
-    refused on this machine with the reason."""
-
-    level: str
-    lib: object | None
-    refused: tuple[tuple[str, str], ...] = ()
-
-
 def supported_levels(compiler: str) -> list[str]:
     """The levels this processor (and its OS) runs, best first, as the CPU itself reports."""
     cpu = build(compiler, "portable").esvllm_cpu_level() if is_x86() else 1
     return ["avx2", "portable"] if cpu >= 2 else ["portable"]
-
-
-def runnable_levels(compiler: str) -> list[str]:
-    """The supported levels, best first, at most the one ESVLLM_CPU_KERNEL names."""
-    cap = os.environ.get(LEVEL_ENV, LEVELS[0])
-    if cap not in (*LEVELS, REFERENCE):
-        raise ValueError(f"{LEVEL_ENV}={cap!r}: not a CPU kernel level; use one of {', '.join(LEVELS)}, {REFERENCE}")
-    if cap == REFERENCE:
-        return []
-    runnable = supported_levels(compiler)
-    return runnable[runnable.index(cap):] if cap in runnable else runnable
-
-
-@lru_cache(maxsize=1)
-def kernel() -> Kernel:
-    """The best level that builds and passes its check against the torch reference (once a process)."""
-    from esvllm.kernel_check import check_kernel
-
-    compiler = find_compiler()
-    if compiler is None:
-        logger.warning("no C compiler: ES noise on CPU uses the torch reference (same values, much slower)")
-        return Kernel(REFERENCE, None)
-    refused = []
-    try:
-        levels = runnable_levels(compiler)
-    except KernelBuildError as exc:
-        levels, refused = [], [("portable", f"does not build: {exc}")]
-    chosen = None
-    for level in levels:
-        try:
-            lib = build(compiler, level)
-            problem = check_kernel(lib)
-        except KernelBuildError as exc:
-            problem = f"does not build: {exc}"
-        if problem is None:
-            chosen = Kernel(level, lib, tuple(refused))
-            break
-        refused.append((level, problem))
-    chosen = chosen or Kernel(REFERENCE, None, tuple(refused))
-    if refused:
-        reasons = "; ".join(f"level {name} refused: {why}" for name, why in refused)
-        logger.warning("CPU %s: %s; using level %s (same values; see the README's kernel section)",
-                       cpu_model(), reasons, chosen.level)
-    return chosen
-
-
-def library():
-    """The checked kernel library, or None (the torch reference)."""
-    return kernel().lib
-
-
-def level() -> str:
-    return kernel().level
-
-
-def describe() -> dict:
-    """What engines.json records about this process's CPU kernel."""
-    chosen = kernel()
-    return {"cpu_kernel": chosen.level, "cpu": cpu_model(),
-            **({"cpu_kernel_refused": dict(chosen.refused)} if chosen.refused else {})}
 
 
 @lru_cache(maxsize=1)
@@ -218,41 +144,26 @@ def table_tensor():
     return torch.tensor(quantile_table(), dtype=torch.int32)
 
 
-def fill_rows(out, key: tuple[int, int], row0: int, col0: int, row_stride: int, lib=None) -> None:
-    lib = library() if lib is None else lib
+def fill_rows(out, key: tuple[int, int], row0: int, col0: int, row_stride: int, lib) -> None:
+    """out (contiguous float32, rows x width) := the noise block (kernels.definition) through `lib`."""
     rows, width = out.shape
-    if lib is None:
-        import torch
-
-        index = (torch.arange(rows, dtype=torch.int64)[:, None] + row0) * row_stride + col0 + \
-            torch.arange(width, dtype=torch.int64)[None, :]
-        out.copy_(noise_reference_from_key(key, index))
-        return
     lib.fill_rows(out.data_ptr(), rows, width, table_tensor().data_ptr(), key[0], key[1], row0, col0, row_stride)
 
 
 def perturb_rows(eps, master, dst, sigma: float, key: tuple[int, int], row0: int, col0: int, row_stride: int,
-                 lib=None) -> bool:
+                 lib) -> None:
     """eps := the noise block (as fill_rows) and dst := master + sigma * eps (one rounding), in one pass.
-    All three contiguous float32 CPU tensors of eps's (rows, width) shape. False (nothing done)
-    on the torch reference."""
-    lib = library() if lib is None else lib
-    if lib is None:
-        return False
+    All three contiguous float32 CPU tensors of eps's (rows, width) shape."""
     rows, width = eps.shape
     lib.perturb_rows(eps.data_ptr(), master.data_ptr(), dst.data_ptr(), sigma, rows, width, table_tensor().data_ptr(),
                      key[0], key[1], row0, col0, row_stride)
-    return True
 
 
 def combine_rows(delta, terms: list[tuple[tuple[int, int], float, object]], row0: int, col0: int,
-                 row_stride: int, lib=None) -> bool:
+                 row_stride: int, lib) -> None:
     """delta (contiguous float32, rows x width) := sum of coeff * eps over `terms` (key, coeff, kept),
     in order, each term added with one rounding; eps is read from `kept` (a tensor of delta's size
-    holding that noise) or, when kept is None, drawn. False (nothing done) on the torch reference."""
-    lib = library() if lib is None else lib
-    if lib is None:
-        return False
+    holding that noise) or, when kept is None, drawn."""
     n = len(terms)
     keys = (ctypes.c_uint32 * (2 * n))(*[w for key, _, _ in terms for w in key])
     coeffs = (ctypes.c_float * n)(*[coeff for _, coeff, _ in terms])
@@ -260,15 +171,11 @@ def combine_rows(delta, terms: list[tuple[tuple[int, int], float, object]], row0
     rows, width = delta.shape
     lib.combine_rows(delta.data_ptr(), rows, width, table_tensor().data_ptr(), n, keys, coeffs, kept,
                      row0, col0, row_stride)
-    return True
 
 
-def checksum_rows(ints, row0: int, col0: int, row_stride: int, lib=None) -> tuple[int, int] | None:
+def checksum_rows(ints, row0: int, col0: int, row_stride: int, lib) -> tuple[int, int]:
     """(sum of v, sum of v * (index % 7 + 1)) of a contiguous rows x width int32 or int16 CPU tensor,
-    element (r, c) at index (row0 + r) * row_stride + col0 + c; None on the torch reference."""
-    lib = library() if lib is None else lib
-    if lib is None:
-        return None
+    element (r, c) at index (row0 + r) * row_stride + col0 + c."""
     out = (ctypes.c_uint64 * 4)()
     rows, width = ints.shape
     lib.checksum_rows(ints.data_ptr(), ints.element_size(), rows, width, row0, col0, row_stride, out)
@@ -284,13 +191,3 @@ def bits_to_normal(lib, words) -> "object":
     out = torch.empty(words.numel(), dtype=torch.float32)
     lib.bits_to_normal(packed.data_ptr(), words.numel(), table_tensor().data_ptr(), out.data_ptr())
     return out
-
-
-def noise_reference_from_key(key, index):
-    import torch
-
-    from esvllm.noise import bits_to_normal_reference, philox_reference
-
-    lanes = philox_reference(index >> 2, key)
-    u = torch.stack(lanes, dim=-1).gather(-1, (index & 3).unsqueeze(-1)).squeeze(-1)
-    return bits_to_normal_reference(u)

@@ -1,7 +1,7 @@
 """The known-answer check a compiled CPU kernel passes before any engine uses it.
 
 Numeric libraries test each SIMD target at load; so do we. The answers are computed here, now, by
-the torch reference of esvllm.noise (never numbers stored from one machine), for the cases where a
+the torch reference of kernels.definition (never numbers stored from one machine), for the cases where a
 build can go wrong: every edge bit pattern of the table map (the octave boundaries, where a wrong
 bit length picks the wrong node), both signs, the vector body and the scalar tail, a counter that
 carries into its high word, unaligned slices and tensor-parallel shards, one fused perturb, one
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from esvllm import noise_cpu
-from esvllm.noise import bits_to_normal_reference, philox_key
+from kernels import cpu_lib
+from kernels.definition import bits_to_normal_reference, noise_reference_from_key, philox_key
 
 NAME = "model.layers.0.mlp.down_proj.weight"
 # (rows, width, row0, col0, row_stride): whole, a row shard, a column shard, unaligned, tiny;
@@ -40,7 +40,7 @@ def same_bits(got: torch.Tensor, want: torch.Tensor) -> bool:
 
 def reference_block(key, rows, width, row0, col0, stride) -> torch.Tensor:
     index = (torch.arange(rows, dtype=torch.int64)[:, None] + row0) * stride + col0 + torch.arange(width)[None, :]
-    return noise_cpu.noise_reference_from_key(key, index)
+    return noise_reference_from_key(key, index)
 
 
 def one_rounding_sum(terms: list[tuple[float, torch.Tensor]], start: torch.Tensor) -> torch.Tensor:
@@ -54,18 +54,18 @@ def one_rounding_sum(terms: list[tuple[float, torch.Tensor]], start: torch.Tenso
 def check_kernel(lib) -> str | None:
     """None when `lib` computes every case exactly as the reference; else what differed."""
     words = edge_words()
-    if not same_bits(noise_cpu.bits_to_normal(lib, words), bits_to_normal_reference(words)):
+    if not same_bits(cpu_lib.bits_to_normal(lib, words), bits_to_normal_reference(words)):
         return "the table map differs from the reference on edge bit patterns"
     key = philox_key(7, NAME)
     for rows, width, row0, col0, stride in SHARDS:
         out = torch.empty(rows, width)
-        noise_cpu.fill_rows(out, key, row0, col0, stride, lib=lib)
+        cpu_lib.fill_rows(out, key, row0, col0, stride, lib=lib)
         if not same_bits(out, reference_block(key, rows, width, row0, col0, stride)):
             return f"the noise differs from the reference on a {rows}x{width} block at ({row0}, {col0}, {stride})"
     generator = torch.Generator().manual_seed(1)
     master = torch.randn(5, 37, generator=generator) * 0.05
     eps, dst = torch.empty(5, 37), torch.empty(5, 37)
-    noise_cpu.perturb_rows(eps, master, dst, 0.003, key, 0, 0, 37, lib=lib)
+    cpu_lib.perturb_rows(eps, master, dst, 0.003, key, 0, 0, 37, lib=lib)
     want_eps = reference_block(key, 5, 37, 0, 0, 37)
     if not (same_bits(eps, want_eps) and same_bits(dst, one_rounding_sum([(0.003, want_eps)], master))):
         return "the fused perturb differs from master + sigma * eps rounded once"
@@ -74,7 +74,7 @@ def check_kernel(lib) -> str | None:
     noises = [reference_block(k, 3, 101, 1, 4, 120) for k in keys]
     delta = torch.full((3, 101), float("nan"))
     kept = [None, noises[1], None, None]  # one member's noise read from a buffer, the others drawn
-    noise_cpu.combine_rows(delta, list(zip(keys, coeffs, kept)), 1, 4, 120, lib=lib)
+    cpu_lib.combine_rows(delta, list(zip(keys, coeffs, kept)), 1, 4, 120, lib=lib)
     if not same_bits(delta, one_rounding_sum(list(zip(coeffs, noises)), torch.zeros(3, 101))):
         return "the update of several members differs from their terms added in order, each rounded once"
     for dtype in (torch.int32, torch.int16):
@@ -83,7 +83,7 @@ def check_kernel(lib) -> str | None:
         index = (torch.arange(4)[:, None] + 2) * 40 + 3 + torch.arange(29)[None, :]
         values = ints.to(torch.int64)
         want = (int(values.sum()), int((values * (index % 7 + 1)).sum()))
-        if noise_cpu.checksum_rows(ints, 2, 3, 40, lib=lib) != want:
+        if cpu_lib.checksum_rows(ints, 2, 3, 40, lib=lib) != want:
             return f"the checksum of {dtype} words differs from the sums it defines"
     return None
 

@@ -1,4 +1,4 @@
-"""The ES noise on CUDA: Triton kernels computing esvllm/noise.py's definition, bit for bit.
+"""The ES noise on CUDA: Triton kernels computing kernels/definition.py's definition, bit for bit.
 
     fill_rows(out, key, row0, col0, row_stride)                  out := eps (a block of rows x width)
     perturb_rows(dst, master, key, sigma, row0, col0, row_stride) dst := master + sigma * eps
@@ -16,7 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
-from esvllm.noise import FRACTION_BITS, TABLE_BITS, quantile_table
+from kernels import reference
+from kernels.definition import FRACTION_BITS, TABLE_BITS, Slice, quantile_table
 
 BLOCK = 1024
 
@@ -169,3 +170,29 @@ def combine_rows(out: torch.Tensor, keys: list[tuple[int, int]], coefficients: l
     grid, chunks = _grid(out)
     _combine_kernel[grid](out, _table(out.device), keys_t, coeffs_t, len(keys), row0, col0, row_stride,
                           out.shape[1], chunks, **_constants())
+
+
+# ---- the kernel interface (kernels/__init__.py) --------------------------------------------------
+def describe() -> dict:
+    return {"noise_kernel": "triton"}
+
+
+def fill(out: torch.Tensor, key: tuple[int, int], where: Slice) -> None:
+    fill_rows(out, key, where.row0, where.col0, where.row_stride)
+
+
+def perturb(dst: torch.Tensor, master: torch.Tensor, key: tuple[int, int], sigma: float, where: Slice,
+            eps: torch.Tensor | None = None) -> None:
+    if eps is not None:  # the noise is computed inside the kernel and never stored
+        raise ValueError("the CUDA perturb kernel keeps no noise: pass eps=None")
+    perturb_rows(dst, master, key, sigma, where.row0, where.col0, where.row_stride)
+
+
+def combine(out: torch.Tensor, terms, where: Slice) -> None:
+    if any(kept is not None for _, _, kept in terms):
+        raise ValueError("the CUDA combine kernel draws every member's noise: pass kept=None")
+    combine_rows(out, [key for key, _, _ in terms], [coeff for _, coeff, _ in terms], where.row0, where.col0,
+                 where.row_stride)
+
+
+checksum = reference.checksum  # torch integer ops on the GPU
