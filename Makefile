@@ -16,7 +16,7 @@ EVAL    ?=
 GPU_FLAGS = --cuda_devices $(CUDA_DEVICES) $(if $(MODEL),--model_name $(MODEL)) $(if $(DATA),--data $(DATA)) \
             $(if $(EVAL),--eval_data $(EVAL))
 
-.PHONY: install demo test test-fast test-ray gpu-check bench bench-rewards bench-variants math bench-engine bench-kernels tensorboard countdown conciseness clean
+.PHONY: install demo test test-fast test-ray test-engine gpu-check bench bench-rewards bench-variants math bench-engine bench-kernels tensorboard countdown conciseness clean
 
 install: $(STAMP)
 
@@ -46,25 +46,29 @@ math: $(STAMP)
 tensorboard: $(STAMP)
 	$(VENV)/bin/tensorboard --logdir $(OUTPUT) --host 127.0.0.1 --port $(PORT)
 
-# On a GPU machine (CUDA build of vLLM): the GPU tests and everything that starts no CPU engine.
-# On CPU: the tests that start no engine in two processes, then the engine tests one at a time
-# (each one's engines use both cores).
+# The tiers are folders (tests/conftest.py): tests/unit (no Ray, no vLLM), tests/ray (fake engines in
+# Ray actors), tests/engine (real vLLM CPU engines). On CPU: unit and ray in two processes, then the
+# engine tests one at a time (each one's engines use both cores). On a GPU machine (CUDA build of
+# vLLM): the GPU tests and everything that starts no CPU engine.
 test: $(STAMP)
 ifeq ($(HAS_GPU),1)
 	$(PY) -m pytest -m "gpu or not engine" $(PYTEST_ARGS)
 else
-	$(PY) -m pytest -m "not engine and not gpu" -n 2 $(PYTEST_ARGS)
-	$(PY) -m pytest -m "engine and not gpu" $(PYTEST_ARGS)
+	$(PY) -m pytest tests/unit tests/ray -m "not gpu" -n 2 $(PYTEST_ARGS)
+	$(PY) -m pytest tests/engine -m "not gpu" $(PYTEST_ARGS)
 endif
 
-# No Ray, no vLLM engine, no GPU: ES math, noise, rewards, data, config, checkpoints, memory plan,
-# in two processes (pytest-xdist), one per core. `make test` adds the whole runs on fake engines.
+# No Ray, no vLLM engine, no GPU: ES math, noise, rewards, data, config, checkpoints, memory plan.
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not ray and not engine and not gpu" -n 2 $(PYTEST_ARGS)
+	$(PY) -m pytest tests/unit -m "not gpu" -n 2 $(PYTEST_ARGS)
 
-# Whole runs on fake engines in Ray actors (no vLLM): recovery, resume, ES options, data; minutes.
+# Whole runs on fake engines in Ray actors (no vLLM): recovery, resume, interrupts, ES options, data.
 test-ray: $(STAMP)
-	$(PY) -m pytest -m "ray and not engine and not gpu" -n 2 $(PYTEST_ARGS)
+	$(PY) -m pytest tests/ray -m "not gpu" -n 2 $(PYTEST_ARGS)
+
+# Real vLLM CPU engines in Ray actors, one test at a time.
+test-engine: $(STAMP)
+	$(PY) -m pytest tests/engine -m "not gpu" $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.es --device $(DEVICE) --out bench

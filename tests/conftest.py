@@ -1,15 +1,30 @@
-"""Shared fixtures: the built tiny model and real vLLM CPU engines in Ray actors."""
+"""Shared fixtures (the built tiny model, Ray, real vLLM CPU engines in Ray actors) and the tiers.
+
+The tiers are folders: tests/unit (no Ray, no vLLM; `make test-fast`), tests/ray (fake engines in
+Ray actors: whole runs, recovery, interrupts; `make test-ray`) and tests/engine (real vLLM CPU
+engines, one test at a time). Each folder's tests get its mark (`ray`, `engine`), and a test that
+starts more than its folder allows is an error, so a tier cannot quietly grow slower.
+"""
+
+from pathlib import Path
 
 import pytest
 
 from esvllm.models import resolve_model
 
+TIERS = {"unit": None, "ray": pytest.mark.ray, "engine": pytest.mark.engine}
+HERE = Path(__file__).parent
+
 
 def pytest_collection_modifyitems(items):
-    # Starting Ray and its actors takes seconds per test on two cores: such tests are not the fast tier.
     for item in items:
-        if "ray_session" in item.fixturenames:
-            item.add_marker(pytest.mark.ray)
+        tier = Path(item.fspath).relative_to(HERE).parts[0]
+        if tier not in TIERS:
+            raise pytest.UsageError(f"{item.nodeid}: tests live in tests/unit, tests/ray or tests/engine")
+        if tier == "unit" and "ray_session" in item.fixturenames:
+            raise pytest.UsageError(f"{item.nodeid} starts Ray: it belongs in tests/ray or tests/engine")
+        if TIERS[tier] is not None:
+            item.add_marker(TIERS[tier])
 
 
 @pytest.fixture(params=("avx2", "portable", "torch"))
@@ -53,17 +68,9 @@ def start_pool(model, **options):
 
 @pytest.fixture(scope="session")
 def engine_pair(ray_session, tiny_model):
-    """Two fp32 tiny engines, one per core, shared by the session: tests keep them in step."""
-    pool = start_pool(tiny_model, num_engines=2)
-    yield pool.engines
-    pool.shutdown()
-
-
-@pytest.fixture(scope="module")
-def fresh_pair(ray_session, tiny_model):
-    """Two fp32 tiny engines still at the checkpoint's weights when the module starts.
-
-    They keep their members' noise (--noise_cache_mb), so the engine tests cover that path too."""
+    """Two fp32 tiny engines, one per core, shared by the session: a test that changes their weights
+    changes both alike, so they stay in step. They keep their members' noise (--noise_cache_mb), so
+    the engine tests cover that path too."""
     pool = start_pool(tiny_model, num_engines=2, noise_cache_mb=64)
     yield pool.engines
     pool.shutdown()

@@ -4,16 +4,14 @@ equals alpha/N * sum z_i eps_i recomputed here from the logged seeds and rewards
 import json
 import statistics
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
 from kernels import noise
 from esvllm.runlog import read_metrics
 
-from .helpers import final_weights, run, same_weights, without_timing
+from tests.helpers import final_weights, run, same_weights, without_timing
 
-pytestmark = pytest.mark.engine
 
 
 def test_a_run_leaves_metrics_tensorboard_and_a_final_model(first_run):
@@ -48,13 +46,6 @@ def test_the_final_weights_equal_base_plus_the_logged_updates(first_run, tiny_mo
                 expected += 0.01 / len(rewards) * z * noise(seed, name, expected.shape)
         torch.testing.assert_close(final[name], expected, rtol=1e-6, atol=1e-7, msg=lambda m: f"{name}: {m}")
         assert not torch.equal(final[name], base[name]), f"{name} did not change"
-
-
-def test_the_same_command_twice_gives_identical_metrics_and_weights(first_run, tmp_path):
-    second = run(tmp_path, "b")  # no checkpoints, no eval: neither may change the result
-    without_eval = [{k: v for k, v in r.items() if k != "eval"} for r in without_timing(read_metrics(first_run))]
-    assert without_timing(read_metrics(second)) == without_eval
-    assert same_weights(final_weights(second), final_weights(first_run))
 
 
 def test_the_noise_cache_does_not_change_the_result(first_run, tmp_path):
@@ -96,16 +87,3 @@ def test_checkpoints_and_the_best_model_are_written(first_run):
     assert "eval/reward" in events.Tags()["scalars"]
 
 
-def test_the_math_task_runs_end_to_end_on_the_tiny_model(tmp_path, ray_session):
-    problems = [("What is 1+1?", "2"), ("Compute $\\frac{1}{2}+\\frac{1}{4}$.", "\\frac{3}{4}"), ("Solve x+3=5.", "2"),
-                ("What is 2^5?", "32"), ("Simplify $\\sqrt{16}$.", "4")]
-    data = tmp_path / "math.jsonl"
-    data.write_text("\n".join(json.dumps({"problem": p, "answer": a}) for p, a in problems))
-    run_dir = run(tmp_path, "math", ["--task", "math", "--data", str(data), "--data_sample", "3", "--test_size", "2",
-                                     "--num_engines", "1", "--num_iterations", "2", "--max_tokens", "16",
-                                     "--max_model_len", "512", "--eval_every", "2"])
-    records = read_metrics(run_dir)
-    assert len(records) == 2 and all(r["reward_errors"] == 0 for r in records)  # graded, nothing raised
-    rows = [json.loads(line) for line in (run_dir / "eval" / "iter_000002.jsonl").read_text().splitlines()]
-    assert len(rows) == 2 and rows[0]["prompt"].startswith("<|im_start|>system\nPlease reason step by step")
-    assert rows[0]["sample"]["answer"] in ("\\frac{3}{4}", "2", "32", "4")

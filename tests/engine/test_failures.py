@@ -18,9 +18,8 @@ import pytest
 from esvllm.run import main
 from esvllm.runlog import read_metrics
 
-from .helpers import ARGS, final_weights, same_weights, terminal_signals, without_timing
+from tests.helpers import ARGS, final_weights, same_weights, terminal_signals, without_timing
 
-pytestmark = pytest.mark.engine
 
 # A reward that holds the first iteration until the engine is dead, so the kill always lands mid-run.
 KILL_REWARD = ["--reward", "tests.reward_helpers:conciseness_once_an_engine_is_killed"]
@@ -81,10 +80,10 @@ def test_resume_after_sigkill_mid_iteration_is_bit_identical(first_run, tmp_path
     assert same_weights(final_weights(resumed), final_weights(first_run))
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_signal_to_the_process_group_resumes_bit_identical_and_leaves_no_process(first_run, tmp_path, signum):
-    """Ctrl-C in a terminal, or a scheduler's SIGTERM to the whole group (Ray's processes included),
-    on real vLLM engines mid-run; tests/test_interrupts.py covers every stage on fake engines."""
+def test_sigterm_to_the_process_group_resumes_bit_identical_and_leaves_no_process(first_run, tmp_path):
+    """A scheduler's SIGTERM to the whole group (Ray's and vLLM's processes included) on real vLLM
+    engines mid-run; tests/ray/test_interrupts.py covers SIGINT and SIGTERM at every stage on fake engines."""
+    signum = signal.SIGTERM
     process = start_run(tmp_path, "--save_every", "1", hold_after_iterations=1, start_new_session=True,
                         preexec_fn=terminal_signals)
     run_dir = wait_for_iterations(tmp_path, 1, process)
@@ -118,25 +117,6 @@ def test_a_killed_engine_is_replaced_and_the_result_is_unchanged(first_run, tmp_
     assert same_weights(final_weights(run_dir), final_weights(first_run))
 
 
-def test_a_hung_reward_is_cut_off_and_scored_with_the_fallback(tmp_path, ray_session, monkeypatch):
-    from rewards.data import task_splits
-
-    train, _ = task_splits("conciseness", None, 6, 4, 3)
-    monkeypatch.setenv("ESVLLM_TEST_HANG_PROMPT", train[0]["prompt"])
-    run_dir = main(ARGS + ["--output_dir", str(tmp_path), "--num_iterations", "1",
-                           "--reward", "tests.reward_helpers:hangs_on_one_prompt", "--reward_timeout", "2"])
-    [record] = read_metrics(run_dir)
-    assert record["reward_timeouts"] == 4  # the hung prompt, once per member, cut off (not an hour each)
-
-
-def test_an_unwritable_output_directory_is_reported_before_start(tmp_path):
-    blocked = tmp_path / "file-not-dir"
-    blocked.write_text("")
-    with pytest.raises(SystemExit) as info:
-        main(ARGS + ["--output_dir", str(blocked / "runs")])
-    assert "file-not-dir" in str(info.value.code) and "cannot write" in str(info.value.code)
-
-
 def kill_engine_when_training_starts(output_dir, index):
     """A thread that ray.kill()s engine `index` of this run as soon as its engines are up.
 
@@ -147,7 +127,7 @@ def kill_engine_when_training_starts(output_dir, index):
 
     import ray
 
-    from .reward_helpers import ENGINE_KILLED
+    from tests.reward_helpers import ENGINE_KILLED
 
     ENGINE_KILLED.clear()
 
@@ -165,24 +145,3 @@ def kill_engine_when_training_starts(output_dir, index):
     return thread
 
 
-def test_kill_and_resume_as_a_user_would_ends_bit_identical_to_an_uninterrupted_run(tmp_path, ray_session):
-    # The command of the architecture issue: SIGKILL after 3 of 6 iterations, then --resume. The
-    # engines restart from checkpoints/iter_000003, which --keep_checkpoints 2 prunes before the end.
-    args = ["--experiment", "demo", "--device", "cpu", "--num_engines", "1", "--population_size", "4",
-            "--num_iterations", "6", "--global_seed", "7", "--save_every", "1"]
-    whole = main(args + ["--output_dir", str(tmp_path / "whole")])
-    cmd = [sys.executable, "-m", "esvllm.run", *args, "--output_dir", str(tmp_path / "killed")]
-    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    run_dir = wait_for_iterations(tmp_path / "killed", 3, process)
-    children = descendants(process.pid)
-    process.kill()
-    process.wait()
-    for child in children:
-        try:
-            child.kill()
-        except psutil.NoSuchProcess:
-            pass
-    resumed = main(["--resume", str(run_dir)])
-    assert not (resumed / "checkpoints" / "iter_000003").exists()
-    assert same_weights(final_weights(resumed), final_weights(whole))
-    assert without_timing(read_metrics(resumed)) == without_timing(read_metrics(whole))

@@ -5,9 +5,8 @@ import torch
 
 from kernels import noise
 
-from .conftest import start_pool
+from tests.conftest import start_pool
 
-pytestmark = pytest.mark.engine
 
 PROMPTS = ["12+7=", "Using the numbers [3, 5, 7]"]
 

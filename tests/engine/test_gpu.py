@@ -6,9 +6,9 @@ from safetensors.torch import load_file
 
 from kernels import noise
 
-from .conftest import start_pool
+from tests.conftest import start_pool
 
-pytestmark = [pytest.mark.gpu, pytest.mark.engine]
+pytestmark = pytest.mark.gpu
 
 
 def test_a_cuda_engine_moves_every_weight_to_base_plus_sigma_eps(ray_session, tiny_model):

@@ -8,6 +8,7 @@ import pytest
 
 from esvllm.config import check_environment, count_gpus
 from esvllm.run import main, resolve_config
+from tests.helpers import FAKE
 
 
 def fails_with(argv, *fragments):
@@ -164,3 +165,11 @@ def test_esvllm_eval_starts_its_engines_without_an_es_state(monkeypatch, tmp_pat
     with pytest.raises(RayStarted):
         main(["--model", "tiny", "--task", "conciseness", "--max_tokens", "12", "--output", str(tmp_path / "e.jsonl")])
     assert seen["options"].es_state is False and seen["options"].backend == "vllm"
+
+
+def test_an_unwritable_output_directory_is_reported_before_start(tmp_path):
+    blocked = tmp_path / "file-not-dir"
+    blocked.write_text("")
+    with pytest.raises(SystemExit) as info:
+        main(FAKE + ["--output_dir", str(blocked / "runs")])
+    assert "file-not-dir" in str(info.value.code) and "cannot write" in str(info.value.code)

@@ -5,13 +5,10 @@ import json
 
 import pytest
 
-from esvllm.eval import read_eval_log
 from esvllm.run import main
-from esvllm.runlog import read_metrics
 from rewards.countdown import make_sample
 from rewards.data import Formatter, load_samples, task_splits
 
-from .helpers import FAKE, run
 
 
 def papers_rows(count, start=0):
@@ -30,25 +27,6 @@ def test_the_papers_split_is_the_first_rows_and_the_next_ones(tmp_path):
     train, test = task_splits("countdown", str(tmp_path / "countdown.json"), 4, 8, seed=0)
     assert [s["id"] for s in train] == [0, 1, 2, 3] and [s["id"] for s in test] == list(range(4, 12))
     assert train[0]["prompt"] == train[0]["context"] and train[0]["target"] == str(sum(train[0]["numbers"]))
-
-
-def test_a_training_file_and_separate_evaluation_sets_each_get_their_own_metrics(tmp_path, ray_session):
-    (tmp_path / "train.json").write_text(json.dumps(papers_rows(6)))
-    (tmp_path / "a.json").write_text(json.dumps(papers_rows(4, start=100)))
-    (tmp_path / "b.jsonl").write_text("\n".join(json.dumps(r) for r in papers_rows(3, start=200)))
-    args = ["--task", "countdown", "--data", str(tmp_path / "train.json"), "--data_sample", "6",
-            "--eval_data", f"first={tmp_path / 'a.json'}", f"second={tmp_path / 'b.jsonl'}", "--eval_every", "3",
-            "--max_model_len", "512"]
-    run_dir = run(tmp_path, "run", args, base=FAKE)  # later flags win: --task countdown
-    evals = read_eval_log(run_dir)
-    assert {(e["iteration"], e["set"], e["samples"]) for e in evals} == {
-        (0, "first", 4), (0, "second", 3), (3, "first", 4), (3, "second", 3)}
-    assert set(read_metrics(run_dir)[-1]["eval"]) == {"first", "second"}
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(run_dir))
-    events.Reload()
-    assert {"eval/first/accuracy", "eval/second/format_rate"} <= set(events.Tags()["scalars"])
 
 
 def test_other_columns_and_the_chat_template(tmp_path, tiny_model):
@@ -93,23 +71,6 @@ def test_a_prompt_longer_than_the_model_allows_is_refused_with_its_index_and_len
     fails_before_start(["--model_name", "tiny", "--task", "conciseness", "--data", str(tmp_path / "d.jsonl"),
                         "--data_sample", "2", "--test_size", "0", "--max_tokens", "12", "--max_model_len", "64"],
                        monkeypatch, "training sample 1", "500 tokens", "512 > --max_model_len 64")
-
-
-def test_a_reward_that_returns_nan_for_some_completions_is_scored_with_the_fallback(tmp_path, ray_session):
-    run_dir = run(tmp_path, "run", ["--reward", "tests.reward_helpers:nan_for_long_completions",
-                                    "--reward_fallback", "-20"], base=FAKE)
-    records = read_metrics(run_dir)
-    assert len(records) == 3 and sum(r["reward_errors"] for r in records) > 0
-    assert all(r["reward_min"] >= -20 for r in records)
-
-
-@pytest.mark.parametrize("reward", ["always_nan", "always_inf"])
-def test_a_reward_that_is_never_finite_stops_the_run_with_a_checkpoint(tmp_path, ray_session, reward):
-    from esvllm.checkpoint import latest_checkpoint
-    with pytest.raises(SystemExit, match="error: .*checkpoint saved"):
-        run(tmp_path, "run", ["--reward", f"tests.reward_helpers:{reward}"], base=FAKE)
-    [run_dir] = list((tmp_path / "run").iterdir())
-    assert latest_checkpoint(run_dir) is not None
 
 
 BAD_ROWS = {

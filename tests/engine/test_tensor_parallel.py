@@ -6,10 +6,9 @@ import torch
 
 from esvllm.runlog import read_metrics
 
-from .conftest import start_pool
-from .helpers import ARGS, final_weights, run, same_weights, without_eval
+from tests.conftest import start_pool
+from tests.helpers import final_weights, run, same_weights, without_eval
 
-pytestmark = pytest.mark.engine
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """Rewards on tables of cases; the Countdown evaluator never runs eval() and never hangs."""
 
 import json
-import time
 
 import pytest
 

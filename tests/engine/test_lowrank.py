@@ -9,8 +9,8 @@ import torch
 from kernels.lowrank import factors
 from esvllm.runlog import read_metrics
 
-from .conftest import start_pool
-from .helpers import FAKE, final_weights, run, same_weights, without_eval
+from tests.conftest import start_pool
+from tests.helpers import final_weights, run, same_weights, without_eval
 
 PROMPTS = ["12+7=", "hello world", "abc", "Using the numbers [3, 5, 7]"]
 SAMPLING = {"temperature": 0.0, "max_tokens": 10, "logprobs": 1}
@@ -27,7 +27,6 @@ def lowrank_and_dense(ray_session, tiny_model):
     dense.shutdown()
 
 
-@pytest.mark.engine
 def test_each_batched_member_equals_a_dense_engine_with_its_perturbed_weights(lowrank_and_dense):
     lowrank, dense = lowrank_and_dense
     base = dense.generate(PROMPTS, SAMPLING)
@@ -45,7 +44,6 @@ def test_each_batched_member_equals_a_dense_engine_with_its_perturbed_weights(lo
     dense.restore()
 
 
-@pytest.mark.engine
 def test_an_update_adds_the_full_rank_sum_of_the_members_low_rank_noise(lowrank_and_dense, tiny_model):
     lowrank, _ = lowrank_and_dense
     pairs = [(1001, 0.02), (1002, -0.01), (1003, 0.005)]
@@ -61,7 +59,6 @@ def test_an_update_adds_the_full_rank_sum_of_the_members_low_rank_noise(lowrank_
             assert torch.equal(master[name], weight), name
 
 
-@pytest.mark.engine
 def test_a_low_rank_run_on_vllm_equals_the_same_run_on_dense_engines(tmp_path, ray_session):
     lowrank = ["--perturbation", "lowrank", "--rank", "2"]
     served = run(tmp_path, "lora", lowrank)  # members as LoRA adapters, one batch per engine
@@ -70,22 +67,6 @@ def test_a_low_rank_run_on_vllm_equals_the_same_run_on_dense_engines(tmp_path, r
     assert same_weights(final_weights(served), final_weights(dense))
 
 
-def test_a_low_rank_run_resumed_after_a_kill_ends_bit_identical(tmp_path, ray_session):
-    import shutil
-
-    from esvllm.run import main
-
-    args = ["--perturbation", "lowrank", "--rank", "4", "--save_every", "1", "--keep_checkpoints", "5"]
-    whole = run(tmp_path, "whole", [*args, "--num_iterations", "4"], base=FAKE)
-    first = run(tmp_path, "first", [*args, "--num_iterations", "2"], base=FAKE)
-    shutil.rmtree(first / "final")
-    shutil.rmtree(first / "checkpoints" / "iter_000002")  # as if killed before the last checkpoint
-    resumed = main(["--resume", str(first), "--num_iterations", "4"])
-    assert without_eval(read_metrics(resumed)) == without_eval(read_metrics(whole))
-    assert same_weights(final_weights(resumed), final_weights(whole))
-
-
-@pytest.mark.engine
 def test_the_memory_plans_lora_term_is_the_bytes_of_the_engines_lora_buffers(lowrank_and_dense, tiny_model):
     import json
     from pathlib import Path

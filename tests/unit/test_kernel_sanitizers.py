@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from kernels import cpu, cpu_check, cpu_lib
+from kernels import cpu_check, cpu_lib
 from kernels import bits_to_normal_reference, philox_key, quantile_table
 
-DRIVER = Path(__file__).parent / "c" / "kernel_driver.c"
+DRIVER = Path(__file__).parent.parent / "c" / "kernel_driver.c"
 SANITIZE = ["-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
 SHARDS = cpu_check.SHARDS  # the driver draws the same blocks, in this order
 

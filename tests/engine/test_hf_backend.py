@@ -3,18 +3,31 @@
 import pytest
 import torch
 
-from .conftest import start_pool
+from tests.conftest import start_pool
 
-pytestmark = pytest.mark.engine
+
+
+PROMPTS = ["12+7=", "hello world", "Using the numbers [3, 5, 7]"]
+GREEDY = {"temperature": 0.0, "max_tokens": 12}
 
 
 @pytest.fixture(scope="module")
 def hf_and_vllm(ray_session, tiny_model):
     hf = start_pool(tiny_model, num_engines=1, backend="hf")
     vllm = start_pool(tiny_model, num_engines=1)
+    hf.engines[0].at_checkpoint = [c["text"] for c in hf.engines[0].generate(PROMPTS, GREEDY)]  # before any update
     yield hf.engines[0], vllm.engines[0]
     hf.shutdown()
     vllm.shutdown()
+
+
+def test_an_engine_without_es_state_generates_as_transformers_does_from_the_checkpoint(hf_and_vllm, tiny_model):
+    plain = start_pool(tiny_model, num_engines=1, es_state=False)  # what esvllm.eval starts
+    try:
+        assert plain.engines[0].info["es_state"] is False and plain.engines[0].info["master_bytes"] == 0
+        assert [c["text"] for c in plain.engines[0].generate(PROMPTS, GREEDY)] == hf_and_vllm[0].at_checkpoint
+    finally:
+        plain.shutdown()
 
 
 def test_both_backends_start_from_the_checkpoint_bit_for_bit(hf_and_vllm, tiny_model):

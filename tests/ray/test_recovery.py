@@ -18,7 +18,7 @@ from kernels import noise
 from esvllm.run import main
 from esvllm.runlog import read_metrics
 
-from .helpers import FAKE, final_weights, run, same_weights, without_eval
+from tests.helpers import FAKE, final_weights, run, same_weights, without_eval
 
 FIVE = ["--num_iterations", "5", "--save_every", "1", "--keep_checkpoints", "2"]
 

@@ -20,9 +20,8 @@ from esvllm.checkpoint import usable_checkpoint
 from esvllm.run import main
 from esvllm.runlog import read_metrics
 
-from .helpers import FAKE, final_weights, run, same_weights, terminal_signals, without_timing
+from tests.helpers import FAKE, final_weights, run, same_weights, terminal_signals, without_timing
 
-pytestmark = pytest.mark.ray
 
 RUN = [*FAKE, "--num_iterations", "4", "--save_every", "1", "--eval_every", "2"]
 # Engine 0's calls: its first generate is the held-out evaluation of the base model, its third a

@@ -4,10 +4,9 @@ import math
 
 import pytest
 
-from engines.pool import EngineDiedError, EngineOptions, EnginePool
+from engines.pool import EngineOptions, EnginePool
 from esvllm.models import resolve_model
 
-from .conftest import start_pool
 
 
 def test_a_missing_model_path_is_named(tmp_path):
@@ -36,29 +35,6 @@ def test_a_bad_sigma_is_refused_by_the_engines_perturb_before_any_weight_is_writ
 def test_more_cpu_engines_than_cores_is_refused():
     with pytest.raises(ValueError, match="num_engines=64"):
         EngineOptions(device="cpu", num_engines=64)
-
-
-@pytest.mark.engine
-def test_a_call_to_a_dead_engine_names_it(ray_session, tiny_model):
-    import ray
-
-    pool = start_pool(tiny_model, num_engines=1)
-    engine = pool.engines[0]
-    try:
-        ray.kill(engine.actor)
-        with pytest.raises(EngineDiedError, match=f"engine 0 \\(pid {engine.info['pid']}\\) died"):
-            engine.checksum()
-    finally:
-        pool.shutdown()
-
-
-def test_a_placement_ray_cannot_satisfy_fails_with_the_clusters_resources(ray_session, tiny_model, monkeypatch):
-    import engines.pool
-
-    monkeypatch.setattr(engines.pool, "PLACEMENT_TIMEOUT_S", 2)
-    # The session's Ray has no GPU: a bundle asking for one can never be placed.
-    with pytest.raises(RuntimeError, match="could not place 3 engine.*GPU.*cluster has"):
-        EnginePool.start(tiny_model, EngineOptions(device="cuda", cuda_devices=[0, 1, 2]))
 
 
 def test_engines_run_vllms_v1_model_runner_unless_the_user_opts_in(monkeypatch):

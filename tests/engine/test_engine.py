@@ -12,7 +12,6 @@ from safetensors.torch import load_file
 
 from kernels import noise
 
-pytestmark = pytest.mark.engine
 
 GREEDY = {"temperature": 0.0, "max_tokens": 24}
 PROMPTS = ["12+7=", "hello world", "Using the numbers [3, 5, 7], create an equation", "abc"]
@@ -31,16 +30,16 @@ def texts(engine):
     return [c["text"] for c in engine.generate(PROMPTS, GREEDY)]
 
 
-def test_the_cpu_backend_really_packs_the_fused_linears(fresh_pair):
+def test_the_cpu_backend_really_packs_the_fused_linears(engine_pair):
     # Guards the trap in VLLM_CPU.md: these weights exist only inside packed kernels.
-    removed = set(fresh_pair[0].info["removed"])
+    removed = set(engine_pair[0].info["removed"])
     for layer in range(2):
         assert f"model.layers.{layer}.self_attn.qkv_proj.weight" in removed
         assert f"model.layers.{layer}.mlp.gate_up_proj.weight" in removed
 
 
-def test_every_hf_tensor_equals_base_plus_sigma_eps_after_perturb(fresh_pair, checkpoint):
-    engine = fresh_pair[0]
+def test_every_hf_tensor_equals_base_plus_sigma_eps_after_perturb(engine_pair, checkpoint):
+    engine = engine_pair[0]
     sigma, seed = 0.01, 424242
     base_weights = engine.master_weights()
     done = engine.perturb(seed, sigma)
@@ -58,8 +57,8 @@ def test_every_hf_tensor_equals_base_plus_sigma_eps_after_perturb(fresh_pair, ch
         assert moved > 0.99, f"{name}: only {moved:.1%} of elements moved"
 
 
-def test_perturbing_changes_greedy_generations(fresh_pair):
-    engine = fresh_pair[0]
+def test_perturbing_changes_greedy_generations(engine_pair):
+    engine = engine_pair[0]
     before = texts(engine)
     engine.perturb(99, 0.05)
     try:
@@ -69,8 +68,8 @@ def test_perturbing_changes_greedy_generations(fresh_pair):
     assert perturbed != before
 
 
-def test_restore_is_bit_exact_after_100_perturb_restore_cycles(fresh_pair):
-    engine = fresh_pair[1]
+def test_restore_is_bit_exact_after_100_perturb_restore_cycles(engine_pair):
+    engine = engine_pair[1]
     weights_before, text_before = engine.read_weights(), texts(engine)
     for seed in range(100):
         engine.perturb(seed, 0.01)
@@ -81,15 +80,15 @@ def test_restore_is_bit_exact_after_100_perturb_restore_cycles(fresh_pair):
     assert texts(engine) == text_before
 
 
-def test_apply_update_equals_an_independent_fp32_sum(fresh_pair):
-    engine = fresh_pair[0]
-    in_step(*fresh_pair)
+def test_apply_update_equals_an_independent_fp32_sum(engine_pair):
+    engine = engine_pair[0]
+    in_step(*engine_pair)
     pairs = [(11, 3e-3), (12, -1e-3), (2**31 - 1, 5e-4)]
     base = engine.master_weights()
     try:
         engine.apply_update(pairs)
     finally:
-        fresh_pair[1].apply_update(pairs)  # keep the pair in step for the other tests
+        engine_pair[1].apply_update(pairs)  # keep the pair in step for the other tests
     master, effective = engine.master_weights(), engine.read_weights()
     for name, b in base.items():
         expected = b.clone()
@@ -99,8 +98,8 @@ def test_apply_update_equals_an_independent_fp32_sum(fresh_pair):
         assert torch.equal(effective[name], master[name]), name  # fp32 engine runs the master
 
 
-def test_two_engines_with_the_same_updates_agree_and_an_extra_update_splits_them(fresh_pair):
-    a, b = fresh_pair
+def test_two_engines_with_the_same_updates_agree_and_an_extra_update_splits_them(engine_pair):
+    a, b = engine_pair
     in_step(a, b)
     for engine in (a, b):
         engine.apply_update([(5, 1e-3), (6, -2e-3)])
@@ -113,8 +112,8 @@ def test_two_engines_with_the_same_updates_agree_and_an_extra_update_splits_them
     assert a.checksum() == b.checksum()
 
 
-def test_an_update_reusing_this_engines_own_noise_equals_one_that_draws_it_again(fresh_pair):
-    a, b = fresh_pair
+def test_an_update_reusing_this_engines_own_noise_equals_one_that_draws_it_again(engine_pair):
+    a, b = engine_pair
     in_step(a, b)
     pairs = [(21, 2e-3), (22, -1e-3), (23, 4e-4)]
     base = a.master_weights()
@@ -129,8 +128,8 @@ def test_an_update_reusing_this_engines_own_noise_equals_one_that_draws_it_again
         torch.testing.assert_close(master[name], expected, rtol=4e-7, atol=1e-8, msg=lambda m: f"{name}: {m}")
 
 
-def test_the_served_checksum_sees_a_perturbation_and_restore_reports_the_base_checksums(fresh_pair):
-    engine = fresh_pair[0]
+def test_the_served_checksum_sees_a_perturbation_and_restore_reports_the_base_checksums(engine_pair):
+    engine = engine_pair[0]
     base = engine.checksum()
     assert base["served"] == base["master"]  # an fp32 engine serves its master's bits
     engine.perturb(3, 0.01)
@@ -139,8 +138,8 @@ def test_the_served_checksum_sees_a_perturbation_and_restore_reports_the_base_ch
     assert engine.restore() == base
 
 
-def test_one_wrong_element_inside_a_packed_kernel_is_seen_by_the_served_checksum(fresh_pair):
-    a, b = fresh_pair
+def test_one_wrong_element_inside_a_packed_kernel_is_seen_by_the_served_checksum(engine_pair):
+    a, b = engine_pair
     in_step(a, b)
     name = "model.layers.0.mlp.gate_proj.weight"  # lives only inside the packed gate_up_proj kernel
 
@@ -161,21 +160,3 @@ def test_one_wrong_element_inside_a_packed_kernel_is_seen_by_the_served_checksum
     finally:
         a.restore()
     assert a.checksum() == b.checksum()
-
-
-@pytest.mark.engine
-def test_an_engine_without_es_state_generates_as_the_base_model_with_no_master(ray_session, tiny_model):
-    from .conftest import start_pool
-
-    prompts, sampling = ["12+7=", "hello world", "Using the numbers [3, 5, 7]"], {"temperature": 0.0, "max_tokens": 12}
-    with_es = start_pool(tiny_model, num_engines=1)
-    try:
-        want = [c["text"] for c in with_es.engines[0].generate(prompts, sampling)]
-    finally:
-        with_es.shutdown()
-    plain = start_pool(tiny_model, num_engines=1, es_state=False)  # what esvllm.eval starts
-    try:
-        assert plain.engines[0].info["es_state"] is False and plain.engines[0].info["master_bytes"] == 0
-        assert [c["text"] for c in plain.engines[0].generate(prompts, sampling)] == want
-    finally:
-        plain.shutdown()
