@@ -100,7 +100,7 @@ def antithetic_efficiency(model: str, population: int, engines: int, iterations:
     each variant's efficiency is ES tokens/s over the same round's plain tokens/s: a shared machine's
     speed drifts over minutes, and a ratio of figures taken minutes apart carries that drift. Plain
     generation queues calls as ES dispatch does (two per engine), so neither waits on round trips."""
-    from engines.fleet import PIPELINE_DEPTH
+    from engines.variant import PIPELINE_DEPTH
 
     bench = Bench(iterations, 16, 32, device)
     pool = start_pool(bench, model, engines)

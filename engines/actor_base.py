@@ -29,7 +29,12 @@ class EngineActorBase:
 
     def rollout(self, seed: int, sigma: float, prompts: list[str], sampling: dict, sign: int = 1,
                 mirror: bool = False, mini_batch: int | None = None) -> dict:
-        """One population member in one round trip: perturb, then generate.
+        """One population member in one round trip: {"members": [its completions and timings]}."""
+        return {"members": [self._member(seed, sigma, prompts, sampling, sign, mirror, mini_batch)]}
+
+    def _member(self, seed: int, sigma: float, prompts: list[str], sampling: dict, sign: int = 1,
+                mirror: bool = False, mini_batch: int | None = None) -> dict:
+        """Perturb, then generate.
 
         No restore afterwards: the next perturb (or apply_update) writes every weight from the
         master anyway (and on vLLM's CPU backend each write costs a re-pack of the kernels).
@@ -58,5 +63,5 @@ class EngineActorBase:
     def rollout_pair(self, seed: int, sigma: float, prompts: list[str], sampling: dict,
                      mini_batch: int | None = None) -> dict:
         """An antithetic pair on this engine: +sigma*eps, then -sigma*eps from the same draw."""
-        return {"pair": [self.rollout(seed, sigma, prompts, sampling, 1, True, mini_batch),
-                         self.rollout(seed, sigma, prompts, sampling, -1, False, mini_batch)]}
+        return {"members": [self._member(seed, sigma, prompts, sampling, 1, True, mini_batch),
+                            self._member(seed, sigma, prompts, sampling, -1, False, mini_batch)]}

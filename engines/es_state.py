@@ -27,6 +27,7 @@ from engines import checksum
 from engines.noise_cache import NoiseCache
 from engines.optimizer import OPTIMIZER_FILE, Optimizer
 from engines.safetensors_io import CHECKPOINT_FILES, export_checkpoint
+from engines.variant import UpdateOptions
 from kernels import Slice, as_rows, check_sigma, philox_key
 from kernels.reference import add_noise
 
@@ -143,16 +144,16 @@ class ESState:
         self._perturbation = None
         return self.checksum()
 
-    def apply_update(self, pairs: list[tuple[int, float]], options: dict | None = None) -> dict:
-        """base += sum coeff * eps(seed) (the paper's step), or, with options {"optimizer": "momentum" or
-        "adam", ...}, the optimizer's step on the gradient estimate g = sum coeff * eps(seed); in the
-        master's precision. The engine ends at the new base."""
+    def apply_update(self, pairs: list[tuple[int, float]], options: UpdateOptions | dict | None = None) -> dict:
+        """base += sum coeff * eps(seed) (the paper's step), or the optimizer's step (UpdateOptions:
+        momentum, Adam) on the gradient estimate g = sum coeff * eps(seed); in the master's precision.
+        Options come as UpdateOptions or as the update log records them. The engine ends at the new base."""
         pairs = [(int(s), float(c)) for s, c in pairs]
         if not all(math.isfinite(c) for _, c in pairs):
             raise ValueError(f"apply_update: non-finite coefficient in {pairs}")
-        options = options or {}
+        options = UpdateOptions.from_log(options)
         squared_norm = 0.0
-        rank = options.get("rank") if options.get("perturbation") == "lowrank" else None
+        rank = options.rank if options.perturbation == "lowrank" else None
         for name, master in self._master.items():
             delta = self._delta[: master.numel()].view(master.shape)
             if rank is None:

@@ -17,12 +17,9 @@ from typing import Callable
 
 from engines.pool import EngineDiedError
 from engines.updatelog import UpdateLog
+from engines.variant import PIPELINE_DEPTH, Job, UpdateOptions
 
 logger = logging.getLogger(__name__)
-
-# Jobs queued per engine: the next one starts the moment the last finishes, without waiting for
-# the coordinator's round trip; small, so a slow engine holds back at most one extra job.
-PIPELINE_DEPTH = 2
 
 
 class EnginesDisagree(RuntimeError):
@@ -64,9 +61,9 @@ class Fleet:
         return list(self.pool.engines)
 
     # ---- work for whichever engine is free --------------------------------------------------------
-    def dispatch(self, jobs: list[tuple], on_result: Callable[[int, dict], None],
+    def dispatch(self, jobs: list[Job], on_result: Callable[[int, dict], None],
                  poll: Callable[[], None] | None = None, depth: int = PIPELINE_DEPTH) -> None:
-        """Run each job `(method, *args)` on the next free engine (at most `depth` queued on one) and
+        """Run each job (engines.variant.Job) on the next free engine (at most `depth` queued on one) and
         call `on_result(i, result)` as job i finishes. A dead engine's jobs go back in the queue and a
         replacement starts; raises NoEngineLeft when no engine is left. `poll` runs at least every 50 ms."""
         import ray
@@ -79,7 +76,7 @@ class Fleet:
             for _ in range(depth - busy):
                 if queue:
                     job = queue.popleft()
-                    pending[engine.submit(*jobs[job])] = Running(engine, job)
+                    pending[engine.submit(jobs[job].method, *jobs[job].args)] = Running(engine, job)
 
         for engine in self.engines:
             feed(engine)
@@ -128,9 +125,9 @@ class Fleet:
                     results.append(replacement.call("rpc", method, *args))
         return results
 
-    def apply_update(self, pairs, options: dict | None = None) -> list[dict]:
+    def apply_update(self, pairs, options: UpdateOptions | None = None) -> list[dict]:
         """Append an iteration to the log and bring every engine to the log's head."""
-        self.log.append(pairs, options)
+        self.log.append(pairs, (options or UpdateOptions()).to_log())
         return self.catch_up_all()
 
     def catch_up_all(self) -> list[dict]:
@@ -165,23 +162,6 @@ class Fleet:
                 detail = ", ".join(f"{e}: {s[kind]}" for e, s in zip(self.engines, sums))
                 raise EnginesDisagree(f"after iteration {iteration} the engines {what} ({kind} checksums {detail})")
         return sums[0]
-
-    def member_jobs(self, seeds: list[int], sigma: float, prompts: list[str], sampling, config) -> tuple[list, int, int]:
-        """(jobs, members per job, jobs queued per engine) for an iteration: a job per member, per
-        antithetic pair (one engine, one draw), or, in low-rank mode, one batch of members per engine."""
-        mini = config.mini_batch_size
-        if config.perturbation == "lowrank":
-            # A batch never holds more members than an engine has adapter slots: with fewer engines
-            # alive than the run started with, engines take more batches (rounds), not bigger ones.
-            slots = self.pool.options.lowrank_slots or len(seeds)
-            size = min(slots, -(-len(seeds) // len(self.engines)))
-            chunks = [seeds[i : i + size] for i in range(0, len(seeds), size)]
-            jobs = [("rollout_lowrank", [(s, k + 1) for k, s in enumerate(chunk)], sigma, config.rank, prompts,
-                     sampling(chunk[0])) for chunk in chunks]
-            return jobs, size, 1
-        if config.antithetic:
-            return [("rollout_pair", s, sigma, prompts, sampling(s), mini) for s in seeds], 2, PIPELINE_DEPTH
-        return [("rollout", s, sigma, prompts, sampling(s), 1, False, mini) for s in seeds], 1, PIPELINE_DEPTH
 
     def export(self, path: str, dtype: str | None = None) -> str:
         return self.engines[0].export(path, dtype)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from engines.variant import UpdateOptions
+
 OPTIMIZER_FILE = "es_optimizer.state"  # safetensors, named so weight loaders (*.safetensors) skip it
 class Optimizer:
     """The update rule applied to g = sum_i coeff_i eps_i, per tensor, in fp32 on every engine alike.
@@ -23,27 +25,24 @@ class Optimizer:
         self.master = master
         self.state: dict[str, torch.Tensor] = {}  # "<name>#m", "<name>#v"
 
-    def step(self, name: str, master: torch.Tensor, g: torch.Tensor, options: dict) -> None:
-        kind = options.get("optimizer", "sgd")
-        alpha = float(options.get("alpha", 1.0))
-        if options.get("weight_decay"):
-            master.mul_(1 - alpha * float(options["weight_decay"]))
-        if kind == "sgd":
+    def step(self, name: str, master: torch.Tensor, g: torch.Tensor, options: UpdateOptions) -> None:
+        alpha = float(options.alpha)
+        if options.weight_decay:
+            master.mul_(1 - alpha * float(options.weight_decay))
+        if options.optimizer == "sgd":
             master.add_(g)
             return
         m = self._moment(name, "m", g)
-        if kind == "momentum":
-            m.mul_(float(options.get("momentum", 0.9))).add_(g)
+        if options.optimizer == "momentum":
+            m.mul_(float(options.momentum)).add_(g)
             g.copy_(m).mul_(alpha)
-        elif kind == "adam":
-            b1, b2, t = float(options.get("beta1", 0.9)), float(options.get("beta2", 0.999)), int(options["step"])
+        else:  # adam (UpdateOptions admits nothing else)
+            b1, b2, t = float(options.beta1), float(options.beta2), int(options.step)
             v = self._moment(name, "v", g)
             m.mul_(b1).add_(g, alpha=1 - b1)
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            denominator = (v / (1 - b2**t)).sqrt_().add_(float(options.get("eps", 1e-8)))
+            denominator = (v / (1 - b2**t)).sqrt_().add_(float(options.eps))
             g.copy_(m).div_(denominator).mul_(alpha / (1 - b1**t))
-        else:
-            raise ValueError(f"optimizer {kind!r}: use sgd, momentum or adam")
         master.add_(g)
 
     def _moment(self, name: str, which: str, like: torch.Tensor) -> torch.Tensor:

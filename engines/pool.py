@@ -18,6 +18,7 @@ import uuid
 
 from engines.backends import BACKENDS, actor_class
 from engines.ray_node import start_ray
+from engines.variant import Variant, lora_rank_for
 from kernels import check_sigma
 
 logger = logging.getLogger(__name__)
@@ -93,8 +94,7 @@ class EngineOptions:
                    cuda_devices=config.gpu_ids or None, dtype=config.precision, master_dtype=config.master_dtype,
                    noise_cache_mb=config.noise_cache_mb, max_model_len=config.max_model_len,
                    gpu_memory_utilization=share, tensor_parallel_size=config.tensor_parallel_size,
-                   noise_mode=config.noise, lowrank_rank=config.rank,
-                   lowrank_slots=lowrank_slots(config) if config.perturbation == "lowrank" else 0,
+                   noise_mode=config.noise, lowrank_rank=config.rank, lowrank_slots=Variant.from_config(config).lowrank_slots,
                    seed=config.global_seed,
                    die_on_call=fake_faults_from_env() if config.engine == "fake" else None)
 
@@ -105,20 +105,6 @@ class EngineOptions:
 
     def noise_cache_bytes(self) -> int:
         return int(self.noise_cache_mb) * 2**20
-
-
-LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's LoRA layers allocate
-
-
-def lora_rank_for(rank: int) -> int:
-    """vLLM's smallest LoRA rank that holds `rank` (the rest of the slot stays zero)."""
-    return next(r for r in LORA_RANKS if r >= rank)
-
-
-def lowrank_slots(config) -> int:
-    """Members per engine in low-rank mode: the population split over the engines."""
-    engines = max(1, len(config.gpu_ids) // config.tensor_parallel_size) if config.gpu_ids else config.num_engines
-    return -(-config.population_size // engines)
 
 
 def fake_faults_from_env() -> dict[int, tuple] | None:

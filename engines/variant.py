@@ -21,6 +21,11 @@ LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's LoRA lay
 OPTIMIZERS = ("sgd", "momentum", "adam")
 
 
+def lora_rank_for(rank: int) -> int:
+    """vLLM's smallest LoRA rank that holds `rank` (the rest of each slot stays zero)."""
+    return next(r for r in LORA_RANKS if r >= rank)
+
+
 @dataclasses.dataclass(frozen=True)
 class UpdateOptions:
     """How every engine applies one update's (seed, coefficient) pairs (engines.optimizer).
@@ -94,8 +99,7 @@ class Variant:
 
     @property
     def lora_rank(self) -> int:
-        """vLLM's smallest LoRA rank that holds `rank` (the rest of each slot stays zero)."""
-        return next(r for r in LORA_RANKS if r >= self.rank) if self.lowrank else 0
+        return lora_rank_for(self.rank) if self.lowrank else 0
 
     def seeds_per_member(self, seeds: list[int]) -> list[int]:
         """The noise seed of each member, in member order (a mirrored pair shares one)."""

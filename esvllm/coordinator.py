@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from engines.fleet import EnginesDisagree, NoEngineLeft
+from engines.variant import Variant
 from esvllm import checkpoint
 from esvllm.es import ask, optimizer_settings, scheduled, tell
 from esvllm.eval import first_set
@@ -37,6 +38,7 @@ class Coordinator:
                  run_dir: Path | None = None, records: list[dict] | None = None, progress: bool = True,
                  sampling_overrides: dict | None = None):
         self.config = config
+        self.variant = Variant.from_config(config)
         self.fleet = fleet
         self.train = train
         self.scorer = scorer
@@ -99,8 +101,7 @@ class Coordinator:
         pairs, options = tell(rewards, seeds, alpha, shaping=cfg.shaping, antithetic=cfg.antithetic,
                               optimizer=cfg.optimizer, step=iteration + 1, weight_decay=cfg.weight_decay,
                               hyper=optimizer_settings(cfg))
-        if cfg.perturbation == "lowrank":
-            options.update(perturbation="lowrank", rank=cfg.rank)
+        options = self.variant.update_options(options)
 
         t0 = time.perf_counter()
         results = self.fleet.apply_update(pairs, options)
@@ -141,8 +142,8 @@ class Coordinator:
         """Every member on the fleet (a job per member, or per antithetic pair); scoring overlaps
         the other engines' generation."""
         prompts = [s["prompt"] for s in samples]
-        jobs, per_job, depth = self.fleet.member_jobs(seeds, sigma, prompts, self.sampling, self.config)
-        members = [s for s in seeds for _ in range(2 if self.config.antithetic else 1)]
+        jobs, depth = self.variant.jobs(seeds, sigma, prompts, self.sampling, len(self.fleet.engines))
+        members = self.variant.seeds_per_member(seeds)
         scored: list[dict | None] = [None] * len(members)
         scoring: dict = {}  # member -> Future of its score (background only with --reward_timeout)
         tokens: dict = {}
@@ -151,8 +152,8 @@ class Coordinator:
         started = time.perf_counter()
 
         def on_result(job: int, result: dict) -> None:
-            for k, one in enumerate(result.get("pair") or result.get("members") or [result]):
-                member = job * per_job + k
+            for k, one in enumerate(result["members"]):
+                member = jobs[job].first_member + k
                 tokens[member] = sum(c["tokens"] for c in one["completions"])
                 scoring[member] = self.scorer.submit([c["text"] for c in one["completions"]], samples)
                 timing["perturb_s"] += one["perturb_s"]

@@ -14,6 +14,7 @@ import hashlib
 import math
 from typing import Callable, Sequence
 
+from engines.variant import UpdateOptions
 from kernels import MAX_SEED
 
 STD_EPSILON = 1e-8
@@ -128,7 +129,7 @@ def ask(global_seed: int, iteration: int, population_size: int, antithetic: bool
 
 def tell(rewards: Sequence[float], seeds: Sequence[int], alpha: float, *, shaping: str = "zscore",
          antithetic: bool = False, optimizer: str = "sgd", step: int = 1, weight_decay: float = 0.0,
-         hyper: dict | None = None) -> tuple[list[tuple[int, float]], dict]:
+         hyper: dict | None = None) -> tuple[list[tuple[int, float]], UpdateOptions]:
     """The update of one iteration: (seed, coefficient) pairs and the options engines apply them with.
 
     sgd, the paper's: coefficients alpha/N * f_i, and the engines add sum c_i eps_i. With an
@@ -137,12 +138,10 @@ def tell(rewards: Sequence[float], seeds: Sequence[int], alpha: float, *, shapin
     shaped = shape(rewards, shaping)
     scale = alpha / len(rewards) if optimizer == "sgd" else 1.0 / len(rewards)
     coefficients = antithetic_coefficients(shaped, scale) if antithetic else [scale * f for f in shaped]
-    options: dict = {}
-    if optimizer != "sgd":
-        options = {"optimizer": optimizer, "alpha": alpha, "step": step, **(hyper or {})}
-    if weight_decay:
-        options.update(weight_decay=weight_decay, alpha=alpha)
-    return list(zip(seeds, coefficients)), options
+    if optimizer == "sgd" and not weight_decay:
+        return list(zip(seeds, coefficients)), UpdateOptions()
+    return list(zip(seeds, coefficients)), UpdateOptions(optimizer=optimizer, alpha=alpha, step=step,
+                                                         weight_decay=weight_decay, **(hyper or {}))
 
 
 def optimizer_settings(config) -> dict:

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from esvllm.cli import build_parser
+from engines.variant import Job
 from esvllm.config import EvalConfig
 
 
@@ -57,7 +58,8 @@ class Evaluator:
         shares = len(fleet.engines)
         chunks = [samples[i::shares] for i in range(shares)]
         sampling = {"temperature": 0.0, "max_tokens": self.max_tokens}
-        jobs = [("generate", [s["prompt"] for s in chunk], sampling) for chunk in chunks if chunk]
+        jobs = [Job("generate", ([s["prompt"] for s in chunk], sampling), i, len(chunk))
+                for i, chunk in enumerate(chunks) if chunk]
         rows: list[dict | None] = [None] * len(samples)
 
         def on_result(job: int, completions: list[dict]) -> None:

@@ -68,24 +68,23 @@ def gpu_name(config) -> str | None:
 
 
 def memory_plan(config, model_dir: str, longest_prompt: int, optimizer_bytes: int = 0) -> MemoryPlan:
-    from engines.pool import EngineOptions, lora_rank_for, lowrank_slots
+    from engines.pool import EngineOptions
+    from engines.variant import Variant
 
     shape = ModelShape.from_config(json.loads((Path(model_dir) / "config.json").read_text()))
     prompts = config.batch_size or config.data_sample
     dtype = config.precision if config.precision != "auto" else "bfloat16"
-    lowrank = config.perturbation == "lowrank"
-    slots = lowrank_slots(config) if lowrank else 0  # members an engine serves at once, each a LoRA slot
+    variant = Variant.from_config(config)
     memory = gpu_memory_bytes(config)
     return plan(shape, memory, model_dtype=dtype, master_dtype=config.master_dtype,
                 # the sequences an engine runs at once: every member's prompts, at most vLLM's max_num_seqs
                 tensor_parallel_size=config.tensor_parallel_size,
-                sequences=min(prompts * max(slots, 1), EngineOptions.max_num_seqs),
+                sequences=min(prompts * max(variant.lowrank_slots, 1), EngineOptions.max_num_seqs),
                 tokens_per_sequence=min(config.max_model_len, longest_prompt + config.max_tokens),
                 optimizer_state_bytes_per_parameter=optimizer_bytes,
                 max_num_batched_tokens=batched_tokens(memory, gpu_name(config)),
                 gpu_memory_utilization=config.gpu_memory_utilization, optimizer=config.optimizer,
-                lora_slots=slots, lora_rank=lora_rank_for(config.rank) if lowrank else 0,
-                lowrank_members=config.population_size if lowrank else 0, lowrank_rank=config.rank if lowrank else 0)
+                **variant.plan_terms())
 
 
 def preflight(config, model_dir: str, train: list[dict], evals: dict[str, list[dict]]) -> tuple[MemoryPlan | None, dict]:

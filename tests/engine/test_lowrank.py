@@ -71,7 +71,7 @@ def test_the_memory_plans_lora_term_is_the_bytes_of_the_engines_lora_buffers(low
     import json
     from pathlib import Path
 
-    from engines.pool import lora_rank_for
+    from engines.variant import lora_rank_for
     from esvllm.memory import ModelShape
 
     lowrank, _ = lowrank_and_dense

@@ -4,13 +4,15 @@ import math
 
 import pytest
 
+from engines.variant import UpdateOptions
 from esvllm.es import SHAPINGS, centered_rank, member_seeds, tell, zscore
 
 
 def coefficients(rewards, alpha, shaping="zscore"):
     """The update's coefficients as production computes them (tell), seeds 100, 101, ..."""
     pairs, options = tell(rewards, list(range(100, 100 + len(rewards))), alpha, shaping=shaping)
-    assert [s for s, _ in pairs] == list(range(100, 100 + len(rewards))) and options == {}
+    assert [s for s, _ in pairs] == list(range(100, 100 + len(rewards)))
+    assert options == UpdateOptions() and options.to_log() == {}  # the paper's plain step, logged as {}
     return [c for _, c in pairs]
 
 

@@ -133,6 +133,29 @@ def test_mini_batches_split_each_members_prompts_into_several_generate_calls_in_
     engine, prompts = Recorder(), ["a", "b", "c", "d", "e"]
     result = engine.rollout(3, 0.1, prompts, {}, mini_batch=2)
     assert engine.calls == [["a", "b"], ["c", "d"], ["e"]]
-    assert [c["text"] for c in result["completions"]] == ["A", "B", "C", "D", "E"]
+    [member] = result["members"]
+    assert [c["text"] for c in member["completions"]] == ["A", "B", "C", "D", "E"]
 
 
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+def test_update_options_survive_the_update_log_with_the_defaults_in_one_place(optimizer):
+    from engines.updatelog import UpdateLog
+    from engines.variant import UpdateOptions
+    from esvllm.es import tell
+
+    hyper = {"momentum": {"momentum": 0.5}, "adam": {"beta1": 0.8, "beta2": 0.99, "eps": 1e-6}}.get(optimizer, {})
+    _, options = tell([1.0, 2.0], [1, 2], 0.01, optimizer=optimizer, step=3, weight_decay=0.1, hyper=hyper)
+    log = UpdateLog()
+    log.append([(1, 0.5)], options.to_log())
+    [(_, logged)] = log.pairs()
+    assert UpdateOptions.from_log(logged) == options  # what a replay applies is what the run applied
+    assert UpdateOptions.from_log({}) == UpdateOptions(optimizer="sgd", alpha=1.0, weight_decay=0.0)
+
+
+def test_an_unknown_optimizer_in_an_update_is_refused():
+    from engines.variant import UpdateOptions
+
+    with pytest.raises(ValueError, match="optimizer 'lion'"):
+        UpdateOptions.from_log({"optimizer": "lion"})
