@@ -16,8 +16,12 @@ def build_parser(config_class, prog: str, description: str, aliases: dict | None
     for f in dataclasses.fields(config_class):
         flags = [f"--{f.name}", *(aliases or {}).get(f.name, [])]
         default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = f"{f.metadata['help']} (default: {default})" if default is not None else f.metadata["help"]
-        choices = f.metadata.get("choices")
+        help_text = f.metadata["help"]
+        if f.metadata.get("one_of"):
+            help_text += f"; one of: {', '.join(map(str, f.metadata['one_of']))}"
+        if default is not None:
+            help_text += f" (default: {default})"
+        choices = None  # checked by the config, whose message names the flag, the value and the fix
         if f.type in (bool, "bool"):
             parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, help=help_text)
         elif f.metadata.get("nargs"):

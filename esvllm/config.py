@@ -9,21 +9,43 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import shutil
-import subprocess
 import tomllib
 from pathlib import Path
 
 from engines.backends import BACKENDS
+from engines.variant import OPTIMIZERS
 from esvllm.es import SCHEDULES, SHAPINGS
 from rewards.data import TASKS, TEMPLATES
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 
+# The choices of each flag: the parser's help and the checks both read these.
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "bfloat16", "float16", "float32")
+MASTER_DTYPES = ("float32", "model")
+NOISE_MODES = ("iid", "paper_correlated")
+PERTURBATIONS = ("full", "lowrank")
+MAX_MODEL_LEN = 1024  # longest prompt + completion, for training and evaluation alike
 
-def field(default, help: str, **kw):
-    return dataclasses.field(default=default, metadata={"help": help, **kw})
+
+def field(default, help: str, *, one_of: tuple | None = None, at_least: float | None = None, **kw):
+    """A config field: its help text, and optionally the values it takes (`one_of`) or its least value."""
+    return dataclasses.field(default=default, metadata={"help": help, "one_of": one_of, "at_least": at_least, **kw})
+
+
+def bad(flag: str, value, fix: str):
+    raise ValueError(f"--{flag} {value!r}: {fix}")
+
+
+def check_fields(config) -> None:
+    """The checks every config shares, from the fields' own metadata: choices and least values."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        one_of, least = f.metadata.get("one_of"), f.metadata.get("at_least")
+        if one_of is not None and value not in one_of:
+            bad(f.name, value, f"use one of {', '.join(map(str, one_of))}")
+        if least is not None and value is not None and value < least:
+            bad(f.name, value, f"must be >= {least}")
 
 
 class DeviceChoice:
@@ -31,6 +53,11 @@ class DeviceChoice:
 
     device: str
     cuda_devices: str | None
+
+    def check_devices(self) -> None:
+        if self.device == "cpu" and self.cuda_devices:
+            bad("cuda_devices", self.cuda_devices, "GPU ids with --device cpu; drop one of the two")
+        parse_gpu_ids(self.cuda_devices)
 
     @property
     def resolved_device(self) -> str:
@@ -48,14 +75,15 @@ class RunConfig(DeviceChoice):
     # what to train
     experiment: str = field("custom", "name of the run (and of its preset in experiments/, if any)")
     model_name: str = field("tiny", "HF checkpoint directory or built-in model (tiny, small, medium)")
-    task: str = field("countdown", "task: its data, prompt and default reward (countdown, addition, conciseness, math)")
+    task: str = field("countdown", "task: its data, prompt and default reward", one_of=TASKS)
     reward: str | None = field(None, "reward name (countdown, conciseness) or module:function; default: the task's")
     data: str | None = field(None, "data file (.json, .jsonl, HF dataset dir, DIR:split); default: the task's generator")
     eval_data: list[str] | None = field(None, "held-out sets to evaluate on instead of the --data rows after the training ones: "
                                               "PATH or NAME=PATH[:split], several allowed", nargs="+")
     prompt_field: str | None = field(None, "the column holding the prompt; default: prompt, context, problem, question or messages")
-    template: str = field("auto", "prompt template: auto (the task's), plain, chat (the tokenizer's chat template), qwen_math")
-    data_sample: int = field(200, "number of training samples (the paper's --data_sample)")
+    template: str = field("auto", "prompt template: auto (the task's), plain, chat (the tokenizer's chat template), qwen_math",
+                          one_of=TEMPLATES)
+    data_sample: int = field(200, "number of training samples (the paper's --data_sample)", at_least=1)
     batch_size: int | None = field(None, "prompts per iteration, drawn from the training samples; default: all")
     mini_batch_size: int | None = field(None, "prompts per generate call within a member (less memory at once); default: all")
     test_size: int = field(64, "held-out samples kept apart from training (never overlapping)")
@@ -64,51 +92,58 @@ class RunConfig(DeviceChoice):
     # ES
     sigma: float = field(0.001, "noise scale of the perturbations")
     alpha: float = field(0.0005, "learning rate: the update is alpha/N * sum f_i eps_i")
-    shaping: str = field("zscore", "fitness shaping f of the rewards: zscore (the paper's), centered_rank, raw (minus the mean)")
+    shaping: str = field("zscore", "fitness shaping f of the rewards: zscore (the paper's), centered_rank, raw (minus the mean)",
+                         one_of=tuple(SHAPINGS))
     antithetic: bool = field(False, "mirrored pairs: members 2k and 2k+1 are +sigma*eps_k and -sigma*eps_k, on one engine, "
                                     "one noise draw (population_size even)")
-    optimizer: str = field("sgd", "update rule on g = (1/N) sum f_i eps_i: sgd (the paper's: theta += alpha g), momentum, adam")
+    optimizer: str = field("sgd", "update rule on g = (1/N) sum f_i eps_i: sgd (the paper's: theta += alpha g), momentum, adam",
+                           one_of=OPTIMIZERS)
     momentum: float = field(0.9, "momentum coefficient (--optimizer momentum)")
     beta1: float = field(0.9, "Adam's first-moment decay")
     beta2: float = field(0.999, "Adam's second-moment decay")
     adam_eps: float = field(1e-8, "Adam's epsilon")
     weight_decay: float = field(0.0, "decoupled weight decay: theta -= alpha * weight_decay * theta each update")
-    sigma_schedule: str = field("constant", "sigma over the run: constant, linear or cosine (to --sigma_final)")
+    sigma_schedule: str = field("constant", "sigma over the run (to --sigma_final)", one_of=SCHEDULES)
     sigma_final: float | None = field(None, "sigma at the last iteration (default: sigma / 10)")
-    alpha_schedule: str = field("constant", "alpha over the run: constant, linear or cosine (to --alpha_final)")
+    alpha_schedule: str = field("constant", "alpha over the run (to --alpha_final)", one_of=SCHEDULES)
     alpha_final: float | None = field(None, "alpha at the last iteration (default: alpha / 10)")
     perturbation: str = field("full", "full (the paper's: every weight) or lowrank: EGGROLL's rank-r perturbations of "
                                       "the block linears' weights only (q/k/v/o, gate/up/down; embeddings, norms and "
-                                      "biases stay), all members of an engine generated in one batch as LoRA adapters")
+                                      "biases stay), all members of an engine generated in one batch as LoRA adapters",
+                               one_of=PERTURBATIONS)
     rank: int = field(1, "rank r of the low-rank perturbations (--perturbation lowrank)")
     noise: str = field("iid", "noise: iid per element (default), or paper_correlated (one stream per member for every "
-                              "tensor, so same-shaped tensors get the same noise, as the paper's first scripts)")
+                              "tensor, so same-shaped tensors get the same noise, as the paper's first scripts)",
+                        one_of=NOISE_MODES)
     population_size: int = field(30, "N, perturbed models per iteration")
-    num_iterations: int = field(1000, "ES iterations")
+    num_iterations: int = field(1000, "ES iterations", at_least=1)
     global_seed: int = field(42, "seed of the seed schedule and the data")
     # rollouts
     temperature: float = field(0.0, "sampling temperature; 0 is greedy, as the paper")
-    max_tokens: int = field(1024, "most tokens generated per completion")
+    max_tokens: int = field(1024, "most tokens generated per completion", at_least=1)
     # engines
     engine: str = field("vllm", "engine backend: vllm; hf (transformers generate, the paper's original way); "
-                                "fake (no model, for tests)")
-    device: str = field("auto", "cpu, cuda, or auto (cuda when --cuda_devices is given)")
+                                "fake (no model, for tests)", one_of=tuple(BACKENDS))
+    device: str = field("auto", "cpu, cuda, or auto (cuda when --cuda_devices is given)", one_of=DEVICES)
     cuda_devices: str | None = field(None, "comma-separated GPU ids, e.g. 0,1,2,3: one engine per id, or per K ids with --tensor_parallel_size K")
-    num_engines: int = field(1, "engines on CPU (each gets its own cores)")
-    precision: str = field("auto", "model dtype in vLLM: auto (float32 on CPU, bfloat16 on CUDA), bfloat16, float16, float32")
-    master_dtype: str = field("float32", "ES master copy: float32, or model (less memory, sub-ulp updates lost)")
-    noise_cache_mb: int = field(0, "per engine: memory for keeping its own members' noise so the update need not draw it again (CPU only; 0: off)")
-    max_model_len: int = field(1024, "longest prompt + completion, in tokens")
-    tensor_parallel_size: int = field(1, "GPUs (CPU: core groups) per engine; --cuda_devices lists K ids per engine")
+    num_engines: int = field(1, "engines on CPU (each gets its own cores)", at_least=1)
+    precision: str = field("auto", "model dtype in vLLM: auto (float32 on CPU, bfloat16 on CUDA)", one_of=PRECISIONS)
+    master_dtype: str = field("float32", "ES master copy: float32, or model (less memory, sub-ulp updates lost)",
+                              one_of=MASTER_DTYPES)
+    noise_cache_mb: int = field(0, "per engine: memory for keeping its own members' noise so the update need not draw it again (CPU only; 0: off)",
+                                at_least=0)
+    max_model_len: int = field(MAX_MODEL_LEN, "longest prompt + completion, in tokens", at_least=1)
+    tensor_parallel_size: int = field(1, "GPUs (CPU: core groups) per engine; --cuda_devices lists K ids per engine", at_least=1)
     gpu_memory_utilization: float | None = field(None, "vLLM's share of each GPU; default: computed by the memory plan so the ES state fits")
     gpu_memory_gb: float | None = field(None, "GPU memory to plan for (with --dry_run on a machine without the GPU); default: the GPU's")
     dry_run: bool = field(False, "validate config, data, model config and the memory plan, print the plan, start nothing")
-    sync_check_every: int = field(1, "compare engine checksums every K iterations (0: never)")
+    sync_check_every: int = field(1, "compare the engines' checksums (served weights and master) every K iterations (0: never)",
+                                  at_least=0)
     ray_address: str | None = field(None, "join this Ray cluster; default: a private local one on 127.0.0.1")
     # checkpoints and evaluation
-    save_every: int = field(10, "checkpoint every K iterations (and at the end); 0: only at the end")
-    keep_checkpoints: int = field(2, "checkpoints kept (older ones are pruned)")
-    eval_every: int = field(0, "evaluate the current weights on the held-out split every K iterations (0: never)")
+    save_every: int = field(10, "checkpoint every K iterations (and at the end); 0: only at the end", at_least=0)
+    keep_checkpoints: int = field(2, "checkpoints kept (older ones are pruned)", at_least=0)
+    eval_every: int = field(0, "evaluate the current weights on the held-out split every K iterations (0: never)", at_least=0)
     save_best: bool = field(False, "keep the best model by eval reward in <run>/best")
     resume: str | None = field(None, "continue the stopped run in this run directory")
     # output
@@ -121,53 +156,34 @@ class RunConfig(DeviceChoice):
         self.validate()
 
     def validate(self) -> None:
-        def bad(flag, value, fix):
-            raise ValueError(f"--{flag} {value!r}: {fix}")
-
+        check_fields(self)
+        self.check_devices()
         if self.population_size < 2:
             bad("population_size", self.population_size, "needs at least 2 members to z-score rewards")
         for name in ("sigma", "alpha"):
             value = getattr(self, name)
             if isinstance(value, bool) or not math.isfinite(value) or value <= 0:
                 bad(name, value, "must be a finite number > 0 (the paper uses sigma 0.001, alpha 0.0005)")
-        for name in ("num_iterations", "data_sample", "max_tokens", "max_model_len", "num_engines",
-                     "tensor_parallel_size"):
-            if getattr(self, name) < 1:
-                bad(name, getattr(self, name), "must be >= 1")
         if self.batch_size is not None and not 1 <= self.batch_size <= self.data_sample:
             bad("batch_size", self.batch_size, f"must be between 1 and --data_sample ({self.data_sample})")
-        for name in ("save_every", "keep_checkpoints", "eval_every", "sync_check_every"):
-            if getattr(self, name) < 0:
-                bad(name, getattr(self, name), "must be >= 0")
         if self.reward_timeout is not None and not self.reward_timeout > 0:
             bad("reward_timeout", self.reward_timeout, "must be > 0 seconds")
         if self.save_best and not self.eval_every:
             bad("save_best", self.save_best, "needs --eval_every K to know which model is best")
         if self.temperature < 0:
             bad("temperature", self.temperature, "must be >= 0 (0 is greedy)")
-        if self.engine not in BACKENDS:
-            bad("engine", self.engine, f"use one of {', '.join(BACKENDS)}")
-        if self.task not in TASKS:
-            bad("task", self.task, f"use one of {', '.join(TASKS)} (any task takes --data FILE and --reward)")
         if self.antithetic and self.population_size % 2:
             bad("population_size", self.population_size, "must be even with --antithetic (members come in pairs)")
-        if self.optimizer not in ("sgd", "momentum", "adam"):
-            bad("optimizer", self.optimizer, "use sgd (the paper's), momentum or adam")
+        if self.tensor_parallel_size > 1 and self.engine != "vllm":
+            bad("tensor_parallel_size", self.tensor_parallel_size, f"only the vllm engine shards (--engine {self.engine})")
         if self.optimizer != "sgd" and self.tensor_parallel_size > 1:
             bad("optimizer", self.optimizer, "optimizer state is not sharded yet: use sgd with --tensor_parallel_size > 1")
-        for name in ("sigma_schedule", "alpha_schedule"):
-            if getattr(self, name) not in SCHEDULES:
-                bad(name, getattr(self, name), f"use one of {', '.join(SCHEDULES)}")
         for name in ("sigma_final", "alpha_final"):
             value = getattr(self, name)
             if value is not None and (not math.isfinite(value) or value <= 0):
                 bad(name, value, "must be a finite number > 0")
         if not 0 <= self.weight_decay < 1:
             bad("weight_decay", self.weight_decay, "must be in [0, 1)")
-        if self.noise not in ("iid", "paper_correlated"):
-            bad("noise", self.noise, "use iid or paper_correlated")
-        if self.perturbation not in ("full", "lowrank"):
-            bad("perturbation", self.perturbation, "use full (the paper's) or lowrank")
         if self.perturbation == "lowrank":
             if not 1 <= self.rank <= 512:
                 bad("rank", self.rank, "must be between 1 and 512")
@@ -177,30 +193,14 @@ class RunConfig(DeviceChoice):
                     bad(flag, getattr(self, flag), f"low-rank mode needs {fix}")
         if self.mini_batch_size is not None and self.mini_batch_size < 1:
             bad("mini_batch_size", self.mini_batch_size, "must be >= 1")
-        if self.template not in TEMPLATES:
-            bad("template", self.template, f"use one of {', '.join(TEMPLATES)}")
-        if self.shaping not in SHAPINGS:
-            bad("shaping", self.shaping, f"use one of {', '.join(SHAPINGS)}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            bad("device", self.device, "use cpu, cuda or auto")
-        if self.precision not in ("auto", "bfloat16", "float16", "float32"):
-            bad("precision", self.precision, "use auto, bfloat16, float16 or float32")
-        if self.master_dtype not in ("float32", "model"):
-            bad("master_dtype", self.master_dtype, "use float32 or model")
         if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
             bad("gpu_memory_utilization", self.gpu_memory_utilization, "must be in (0, 1]")
         if self.gpu_memory_gb is not None and not self.gpu_memory_gb > 0:
             bad("gpu_memory_gb", self.gpu_memory_gb, "must be > 0 (GB of one GPU)")
         ids = self.gpu_ids
-        if any(i < 0 for i in ids):
-            bad("cuda_devices", self.cuda_devices, "GPU ids are >= 0, as nvidia-smi numbers them")
-        if len(set(ids)) != len(ids):
-            bad("cuda_devices", self.cuda_devices, "lists a GPU twice; give each id once")
         if ids and len(ids) % self.tensor_parallel_size:
             bad("cuda_devices", self.cuda_devices, f"{len(ids)} GPUs do not split into engines of "
                 f"--tensor_parallel_size {self.tensor_parallel_size}; give a multiple of it")
-        if self.noise_cache_mb < 0:
-            bad("noise_cache_mb", self.noise_cache_mb, "must be >= 0 megabytes (0 turns the cache off)")
         if not 0 <= self.global_seed < 2**31:
             bad("global_seed", self.global_seed, "must be in [0, 2**31)")
 
@@ -236,42 +236,28 @@ class EvalConfig(DeviceChoice):
     """`python -m esvllm.eval`: greedy evaluation of a model on held-out data."""
 
     model: str = field(None, "HF checkpoint directory or built-in model name (required)")
-    task: str = field("countdown", "task of the data and default reward (countdown, addition, conciseness, math)")
+    task: str = field("countdown", "task of the data and default reward", one_of=TASKS)
     data: str | None = field(None, "data file (.json, .jsonl, HF dataset dir, DIR:split); all of it is evaluated")
     prompt_field: str | None = field(None, "the column holding the prompt (default: prompt, context, problem, ...)")
-    template: str = field("auto", "prompt template: auto (the task's), plain, chat, qwen_math")
+    template: str = field("auto", "prompt template: auto (the task's), plain, chat, qwen_math", one_of=TEMPLATES)
     reward: str | None = field(None, "reward name or module:function; default: the task's")
     data_sample: int = field(200, "training samples the run used (skipped: the held-out split follows them)")
-    test_size: int = field(64, "held-out samples (built-in data)")
+    test_size: int = field(64, "held-out samples (built-in data)", at_least=1)
     global_seed: int = field(42, "seed of the built-in data")
-    engine: str = field("vllm", "engine backend (vllm, hf, fake)")
-    num_engines: int = field(1, "engines evaluating in parallel")
-    device: str = field("auto", "cpu, cuda, or auto (cuda when --cuda_devices is given)")
+    engine: str = field("vllm", "engine backend", one_of=tuple(BACKENDS))
+    num_engines: int = field(1, "engines evaluating in parallel", at_least=1)
+    device: str = field("auto", "cpu, cuda, or auto (cuda when --cuda_devices is given)", one_of=DEVICES)
     cuda_devices: str | None = field(None, "comma-separated GPU ids, e.g. 0,1: one engine per id")
-    precision: str = field("auto", "model dtype in vLLM")
-    max_tokens: int = field(1024, "most tokens per completion")
-    max_model_len: int = field(2048, "longest prompt + completion")
+    precision: str = field("auto", "model dtype in vLLM", one_of=PRECISIONS)
+    max_tokens: int = field(1024, "most tokens per completion", at_least=1)
+    max_model_len: int = field(MAX_MODEL_LEN, "longest prompt + completion, in tokens", at_least=1)
     output: str | None = field(None, "per-sample JSONL (default: <model>/eval.jsonl)")
 
     def __post_init__(self):
-        def bad(flag, value, fix):
-            raise ValueError(f"--{flag} {value!r}: {fix}")
-
         if not self.model:
             bad("model", self.model, "name the checkpoint directory to evaluate")
-        if self.task not in TASKS:
-            bad("task", self.task, f"use one of {', '.join(TASKS)}")
-        if self.engine not in BACKENDS:
-            bad("engine", self.engine, f"use one of {', '.join(BACKENDS)}")
-        for name in ("max_tokens", "max_model_len", "num_engines", "test_size"):
-            if getattr(self, name) < 1:
-                bad(name, getattr(self, name), "must be >= 1")
-        if self.device not in ("auto", "cpu", "cuda"):
-            bad("device", self.device, "use auto, cpu or cuda")
-        if self.device == "cpu" and self.cuda_devices:
-            bad("cuda_devices", self.cuda_devices, "GPU ids with --device cpu; drop one of the two")
-        parse_gpu_ids(self.cuda_devices)
-
+        check_fields(self)
+        self.check_devices()
 
     @property
     def reward_spec(self) -> str:
@@ -289,63 +275,3 @@ def load_experiment(name: str) -> dict:
     if unknown:
         raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
     return {"experiment": name, **settings}
-
-
-def check_environment(config: RunConfig) -> None:
-    """Checks that need the machine (data files, GPUs, model path, reward import); no engine starts."""
-    from esvllm.models import BUILTIN_MODELS, resolve_model  # light: torch loads only to build a model
-
-    if config.model_name not in BUILTIN_MODELS:
-        resolve_model(config.model_name)
-    for flag, spec in [("data", config.data)] + [("eval_data", s.partition("=")[2] or s) for s in config.eval_data or []]:
-        if spec and not Path(spec).expanduser().exists() and not Path(spec.rsplit(":", 1)[0]).expanduser().exists():
-            raise FileNotFoundError(f"--{flag} {spec!r}: no such file or directory")
-    from rewards import resolve_reward
-
-    resolve_reward(config.reward_spec)
-    if not config.dry_run:
-        check_writable(Path(config.resume) if config.resume else Path(config.output_dir))
-    if config.dry_run and config.gpu_memory_gb:  # planning for GPUs this machine may not have
-        return
-    if config.resolved_device == "cuda":
-        check_gpu_ids(config.cuda_devices, config.gpu_ids or list(range(config.num_engines * config.tensor_parallel_size)))
-    else:
-        cores = len(os.sched_getaffinity(0))
-        needed = config.num_engines * config.tensor_parallel_size
-        if needed > cores:
-            raise ValueError(f"--num_engines {config.num_engines} x --tensor_parallel_size {config.tensor_parallel_size}: "
-                             f"{needed} cores wanted, {cores} here")
-
-
-def check_gpu_ids(cuda_devices, wanted: list[int]) -> None:
-    """The GPUs a run or an evaluation wants exist on this machine (nvidia-smi's ids)."""
-    available = count_gpus()
-    if available == 0:
-        raise ValueError(f"--cuda_devices {cuda_devices!r}: this machine has no CUDA GPU; "
-                         "use --device cpu --num_engines N")
-    missing = [g for g in wanted if g >= available]
-    if missing:
-        raise ValueError(f"--cuda_devices {cuda_devices!r}: GPUs {missing} do not exist "
-                         f"({available} here: ids 0..{available - 1})")
-
-
-def count_gpus() -> int:
-    if shutil.which("nvidia-smi") is None:
-        return 0
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return 0
-    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
-
-
-def check_writable(directory: Path) -> None:
-    """Fail now, not at the first checkpoint, when runs cannot be written under `directory`."""
-    probe = directory / f".esvllm-write-test-{os.getpid()}"
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise PermissionError(f"--output_dir {str(directory)!r}: cannot write there ({exc.strerror}); "
-                              "choose a writable directory with free space") from None

@@ -133,7 +133,7 @@ def main(argv=None) -> dict:
     try:
         config = EvalConfig(**vars(parser.parse_args(argv)))
         if config.resolved_device == "cuda":
-            from esvllm.config import check_gpu_ids
+            from esvllm.machine import check_gpu_ids
 
             check_gpu_ids(config.cuda_devices, config.gpu_ids or list(range(config.num_engines)))
         from esvllm.models import resolve_model
@@ -151,13 +151,11 @@ def main(argv=None) -> dict:
     except (ValueError, FileNotFoundError) as exc:
         sys.exit(f"error: {exc}")
     from engines.fleet import Fleet
-    from engines.pool import EngineOptions, EnginePool
+    from engines.options import EngineOptions
+    from engines.pool import EnginePool
     from engines.updatelog import UpdateLog
 
-    options = EngineOptions(device=config.resolved_device, backend=config.engine, num_engines=config.num_engines,
-                            cuda_devices=config.gpu_ids or None, dtype=config.precision,
-                            max_model_len=config.max_model_len, es_state=False)  # generation only: no fp32 master
-    pool = EnginePool.start(model, options)
+    pool = EnginePool.start(model, EngineOptions.for_eval(config))  # generation only: no fp32 master
     try:
         summary, rows = evaluator.run(Fleet(pool, UpdateLog()), samples)
     finally:

@@ -68,7 +68,7 @@ def gpu_name(config) -> str | None:
 
 
 def memory_plan(config, model_dir: str, longest_prompt: int, optimizer_bytes: int = 0) -> MemoryPlan:
-    from engines.pool import EngineOptions
+    from engines.options import EngineOptions
     from engines.variant import Variant
 
     shape = ModelShape.from_config(json.loads((Path(model_dir) / "config.json").read_text()))

@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 from esvllm.cli import build_parser
-from esvllm.config import RunConfig, check_environment, load_experiment
+from esvllm.config import RunConfig, load_experiment
+from esvllm.machine import check_environment
 
 ALIASES = {"output_dir": ["--experiment_dir"], "model_name": ["--model"]}
 
@@ -147,7 +148,8 @@ def train(config: RunConfig, inputs: dict | None = None) -> Path:
     import ray
 
     from engines.fleet import Fleet
-    from engines.pool import EngineOptions, EnginePool
+    from engines.options import EngineOptions
+    from engines.pool import EnginePool
     from engines.ray_node import exit_without_ray, private_ray_is_gone, start_ray
     from esvllm.coordinator import Coordinator
     from esvllm.eval import Evaluator

@@ -60,10 +60,12 @@ def ray_session():
     ray.shutdown()
 
 
-def start_pool(model, **options):
-    from engines.pool import EngineOptions, EnginePool
+def start_pool(model, **overrides):
+    from engines.pool import EnginePool
 
-    return EnginePool.start(model, EngineOptions(**options))
+    from tests.helpers import engine_options
+
+    return EnginePool.start(model, engine_options(**overrides))
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,18 @@ EXTRAS = ["--save_every", "1", "--eval_every", "3", "--save_best"]
 FAKE = ARGS + ["--engine", "fake"]
 
 
+def engine_options(config=None, **overrides):
+    """Engine options as a run builds them (from a RunConfig: CPU, one engine, the tests' max_model_len
+    512 unless `config` says otherwise), with `overrides` of EngineOptions fields."""
+    import dataclasses
+
+    from engines.options import EngineOptions
+    from esvllm.config import RunConfig
+
+    base = EngineOptions.from_config(config or RunConfig(device="cpu", max_model_len=512))
+    return dataclasses.replace(base, **overrides)
+
+
 def run(tmp_path, name, extra=(), base=ARGS):
     return main(list(base) + list(extra) + ["--output_dir", str(tmp_path / name)])
 

@@ -13,7 +13,6 @@ import threading
 import time
 
 import psutil
-import pytest
 
 from esvllm.run import main
 from esvllm.runlog import read_metrics

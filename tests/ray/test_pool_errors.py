@@ -2,7 +2,9 @@
 
 import pytest
 
-from engines.pool import EngineDiedError, EngineOptions, EnginePool
+from engines.pool import EngineDiedError, EnginePool
+from esvllm.config import RunConfig
+from tests.helpers import engine_options
 from tests.conftest import start_pool
 
 
@@ -25,4 +27,4 @@ def test_a_placement_ray_cannot_satisfy_fails_with_the_clusters_resources(ray_se
     monkeypatch.setattr(engines.pool, "PLACEMENT_TIMEOUT_S", 2)
     # The session's Ray has no GPU: a bundle asking for one can never be placed.
     with pytest.raises(RuntimeError, match="could not place 3 engine.*GPU.*cluster has"):
-        EnginePool.start(tiny_model, EngineOptions(device="cuda", cuda_devices=[0, 1, 2]))
+        EnginePool.start(tiny_model, engine_options(RunConfig(device="cuda", cuda_devices="0,1,2")))

@@ -18,6 +18,7 @@ from kernels import noise
 from esvllm.run import main
 from esvllm.runlog import read_metrics
 
+from tests.conftest import start_pool
 from tests.helpers import FAKE, final_weights, run, same_weights, without_eval
 
 FIVE = ["--num_iterations", "5", "--save_every", "1", "--keep_checkpoints", "2"]
@@ -136,10 +137,9 @@ def test_a_reward_that_always_raises_stops_the_run_naming_its_exception(tmp_path
 
 def test_engines_out_of_step_stop_the_run_with_both_checksums(ray_session, tiny_model):
     from engines.fleet import EnginesDisagree, Fleet
-    from engines.pool import EngineOptions, EnginePool
     from engines.updatelog import UpdateLog
 
-    pool = EnginePool.start(tiny_model, EngineOptions(backend="fake", num_engines=2))
+    pool = start_pool(tiny_model, backend="fake", num_engines=2)
     try:
         fleet = Fleet(pool, UpdateLog())
         fleet.check_sync(0)  # in step

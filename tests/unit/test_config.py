@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from esvllm.config import check_environment, count_gpus
+from esvllm.machine import check_environment, count_gpus
 from esvllm.run import main, resolve_config
 from tests.helpers import FAKE
 
@@ -103,9 +103,9 @@ def test_the_eval_cli_checks_its_flags_like_the_training_cli(argv, fragment):
 
 
 def test_gpu_ids_that_do_not_exist_are_named_before_start(monkeypatch):
-    import esvllm.config
+    import esvllm.machine
 
-    monkeypatch.setattr(esvllm.config, "count_gpus", lambda: 2)
+    monkeypatch.setattr(esvllm.machine, "count_gpus", lambda: 2)
     fails_with(["--cuda_devices", "1,2,3"], "--cuda_devices", "[2, 3] do not exist", "0..1")
 
 
@@ -125,7 +125,7 @@ def recorded_ray(monkeypatch):
                     address=kwargs.get("address"))
         raise RayStarted
 
-    monkeypatch.setattr("esvllm.config.count_gpus", lambda: 8)
+    monkeypatch.setattr("esvllm.machine.count_gpus", lambda: 8)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", init)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)

@@ -4,7 +4,9 @@ import math
 
 import pytest
 
-from engines.pool import EngineOptions, EnginePool
+from engines.pool import EnginePool
+from esvllm.config import RunConfig
+from tests.helpers import engine_options
 from esvllm.models import resolve_model
 
 
@@ -14,7 +16,7 @@ def test_a_missing_model_path_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="no-such-model"):
         resolve_model(str(missing))
     with pytest.raises(FileNotFoundError, match="no-such-model"):
-        EnginePool.start(str(missing), EngineOptions())  # before Ray or vLLM start
+        EnginePool.start(str(missing), engine_options())  # before Ray or vLLM start
 
 
 @pytest.mark.parametrize("sigma", [0.0, -1e-3, math.nan, math.inf, -math.inf, "0.1", True])
@@ -32,18 +34,14 @@ def test_a_bad_sigma_is_refused_by_the_engines_perturb_before_any_weight_is_writ
     assert torch.equal(weights["w"], torch.zeros(3, 4)) and state.perturbation is None
 
 
-def test_more_cpu_engines_than_cores_is_refused():
-    with pytest.raises(ValueError, match="num_engines=64"):
-        EngineOptions(device="cpu", num_engines=64)
-
-
 def test_engines_run_vllms_v1_model_runner_unless_the_user_opts_in(monkeypatch):
     # The V1 runner is the one every engine test here runs (the CPU build cannot run V2).
-    from engines.pool import actor_env
+    from engines.options import actor_env
 
     monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER", raising=False)
-    for options in (EngineOptions(device="cuda", cuda_devices=[0, 1]), EngineOptions(device="cpu")):
+    on_gpus = engine_options(RunConfig(device="cuda", cuda_devices="0,1"))
+    for options in (on_gpus, engine_options()):
         assert actor_env(options, 0)["VLLM_USE_V2_MODEL_RUNNER"] == "0"
     monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
-    assert actor_env(EngineOptions(device="cuda", cuda_devices=[0]), 0)["VLLM_USE_V2_MODEL_RUNNER"] == "1"
-    assert actor_env(EngineOptions(device="cpu"), 0)["VLLM_CPU_OMP_THREADS_BIND"]  # its own cores
+    assert actor_env(on_gpus, 0)["VLLM_USE_V2_MODEL_RUNNER"] == "1"
+    assert actor_env(engine_options(), 0)["VLLM_CPU_OMP_THREADS_BIND"]  # its own cores

@@ -4,7 +4,8 @@ the bf16 ES-option section computes on CPU what it checks on CUDA."""
 
 import pytest
 
-from benchmarks.gpu_check import lora_shaped_buffers, options_with_bf16_weights
+from benchmarks.gpu_check import options_with_bf16_weights
+from benchmarks.gpu_memory import lora_shaped_buffers
 from esvllm.memory import ModelShape, plan
 from esvllm.models import qwen25_config
 

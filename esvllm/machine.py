@@ -1,0 +1,71 @@
+"""Checks that need the machine (data files, GPUs, the model path, the reward's import, a writable
+output directory), made after the config is valid and before any engine starts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from esvllm.config import RunConfig
+
+
+def check_environment(config: RunConfig) -> None:
+    """Checks that need the machine (data files, GPUs, model path, reward import); no engine starts."""
+    from esvllm.models import BUILTIN_MODELS, resolve_model  # light: torch loads only to build a model
+
+    if config.model_name not in BUILTIN_MODELS:
+        resolve_model(config.model_name)
+    for flag, spec in [("data", config.data)] + [("eval_data", s.partition("=")[2] or s) for s in config.eval_data or []]:
+        if spec and not Path(spec).expanduser().exists() and not Path(spec.rsplit(":", 1)[0]).expanduser().exists():
+            raise FileNotFoundError(f"--{flag} {spec!r}: no such file or directory")
+    from rewards import resolve_reward
+
+    resolve_reward(config.reward_spec)
+    if not config.dry_run:
+        check_writable(Path(config.resume) if config.resume else Path(config.output_dir))
+    if config.dry_run and config.gpu_memory_gb:  # planning for GPUs this machine may not have
+        return
+    if config.resolved_device == "cuda":
+        check_gpu_ids(config.cuda_devices, config.gpu_ids or list(range(config.num_engines * config.tensor_parallel_size)))
+    else:
+        cores = len(os.sched_getaffinity(0))
+        needed = config.num_engines * config.tensor_parallel_size
+        if needed > cores:
+            raise ValueError(f"--num_engines {config.num_engines} x --tensor_parallel_size {config.tensor_parallel_size}: "
+                             f"{needed} cores wanted, {cores} here")
+
+
+def check_gpu_ids(cuda_devices, wanted: list[int]) -> None:
+    """The GPUs a run or an evaluation wants exist on this machine (nvidia-smi's ids)."""
+    available = count_gpus()
+    if available == 0:
+        raise ValueError(f"--cuda_devices {cuda_devices!r}: this machine has no CUDA GPU; "
+                         "use --device cpu --num_engines N")
+    missing = [g for g in wanted if g >= available]
+    if missing:
+        raise ValueError(f"--cuda_devices {cuda_devices!r}: GPUs {missing} do not exist "
+                         f"({available} here: ids 0..{available - 1})")
+
+
+def count_gpus() -> int:
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+
+
+def check_writable(directory: Path) -> None:
+    """Fail now, not at the first checkpoint, when runs cannot be written under `directory`."""
+    probe = directory / f".esvllm-write-test-{os.getpid()}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise PermissionError(f"--output_dir {str(directory)!r}: cannot write there ({exc.strerror}); "
+                              "choose a writable directory with free space") from None
