@@ -7,7 +7,8 @@ import time
 
 
 class EngineActorBase:
-    """Subclasses set up a model, `self.info` (from the ES state) and implement `rpc` and `generate`."""
+    """Subclasses set up a model, `self.info` (from the ES state) and implement `rpc` (the other ES
+    verbs, by name, for the coordinator's handle), `perturb`, `perturb_lowrank` and `generate`."""
 
     info: dict
 
@@ -27,6 +28,14 @@ class EngineActorBase:
     def generate(self, prompts: list[str], sampling: dict) -> list[dict]:
         raise NotImplementedError
 
+    def perturb(self, seed: int, sigma: float, sign: int = 1, mirror: bool = False) -> dict:
+        """weights := base + sign * sigma * eps(seed) (engines.es_state.ESState.perturb)."""
+        raise NotImplementedError
+
+    def perturb_lowrank(self, seed: int, sigma: float, rank: int) -> dict:
+        """The dense form of a low-rank member (engines.es_state.ESState.perturb_lowrank)."""
+        raise NotImplementedError
+
     def rollout(self, seed: int, sigma: float, prompts: list[str], sampling: dict, sign: int = 1,
                 mirror: bool = False, mini_batch: int | None = None) -> dict:
         """One population member in one round trip: {"members": [its completions and timings]}."""
@@ -40,7 +49,7 @@ class EngineActorBase:
         master anyway (and on vLLM's CPU backend each write costs a re-pack of the kernels).
         `mini_batch` splits the prompts into several generate calls (less memory at once)."""
         t0 = time.perf_counter()
-        self.rpc("perturb", seed, sigma, sign, mirror)
+        self.perturb(seed, sigma, sign, mirror)
         t1 = time.perf_counter()
         step = mini_batch or len(prompts) or 1
         completions = [c for i in range(0, len(prompts), step) for c in self.generate(prompts[i : i + step], sampling)]
@@ -54,7 +63,7 @@ class EngineActorBase:
         results = []
         for seed, _ in members:
             t0 = time.perf_counter()
-            self.rpc("perturb_lowrank", seed, sigma, rank)
+            self.perturb_lowrank(seed, sigma, rank)
             t1 = time.perf_counter()
             completions = self.generate(prompts, sampling)
             results.append({"completions": completions, "perturb_s": t1 - t0, "generate_s": time.perf_counter() - t1})

@@ -93,6 +93,14 @@ class FakeEngineActor(EngineActorBase):
                 next(iter(tensors.values())).view(-1)[0] += 1e-3
         return result
 
+    def perturb(self, seed: int, sigma: float, sign: int = 1, mirror: bool = False) -> dict:
+        self._count_call("perturb")
+        return self.es.perturb(seed, sigma, sign, mirror)
+
+    def perturb_lowrank(self, seed: int, sigma: float, rank: int) -> dict:
+        self._count_call("perturb_lowrank")
+        return self.es.perturb_lowrank(seed, sigma, rank)
+
     def rollout_lowrank(self, members, sigma, rank, prompts, sampling) -> dict:
         bad = [slot for _, slot in members if not 1 <= slot <= self.lowrank_slots]
         if bad:  # as engines.lora_slots: a slot the engine does not have

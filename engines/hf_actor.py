@@ -61,6 +61,12 @@ class HFEngineActor(EngineActorBase):
             return {n: self.params[n].detach().float().cpu().clone() for n in names or list(self.params)}
         return getattr(self.es, method)(*args)
 
+    def perturb(self, seed: int, sigma: float, sign: int = 1, mirror: bool = False) -> dict:
+        return self.es.perturb(seed, sigma, sign, mirror)
+
+    def perturb_lowrank(self, seed: int, sigma: float, rank: int) -> dict:
+        return self.es.perturb_lowrank(seed, sigma, rank)
+
     def generate(self, prompts: list[str], sampling: dict) -> list[dict]:
         import torch
 

@@ -45,9 +45,10 @@ class EngineHandle:
     def call(self, method: str, *args):
         return self.wait(self.submit(method, *args))
 
-    def submit(self, method: str, *args):
-        """Start an actor call; returns an ObjectRef for `wait` (lets the coordinator overlap calls)."""
-        return getattr(self.actor, method).remote(*args)
+    def submit(self, method, *args):
+        """Start an actor call, `method` an EngineActorBase method (or its name); returns an ObjectRef
+        for `wait` (lets the coordinator overlap calls)."""
+        return getattr(self.actor, method if isinstance(method, str) else method.__name__).remote(*args)
 
     def wait(self, ref, timeout: float | None = None):
         import ray
@@ -60,7 +61,7 @@ class EngineHandle:
     # The ES verbs; arguments are checked here, before any RPC.
     def perturb(self, seed: int, sigma: float, sign: int = 1):
         check_sigma(sigma)
-        return self.call("rpc", "perturb", int(seed), float(sigma), int(sign))
+        return self.call("perturb", int(seed), float(sigma), int(sign))
 
     def restore(self) -> dict[str, str]:
         """Back to the base weights; returns the checksums of what the engine now serves and its master."""

@@ -13,6 +13,9 @@ settings travel as `UpdateOptions` (into the update log as a dict, back with the
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
+
+from engines.actor_base import EngineActorBase
 
 # Jobs queued per engine: the next one starts the moment the last finishes, without waiting for
 # the coordinator's round trip; small, so a slow engine holds back at most one extra job.
@@ -65,11 +68,12 @@ class UpdateOptions:
 
 @dataclasses.dataclass(frozen=True)
 class Job:
-    """One engine call of an iteration: `method(*args)` on an engine actor, evaluating the members
-    first_member .. first_member + members - 1. Every rollout method returns {"members": [...]},
-    one entry (completions, perturb_s, generate_s) per member, in order."""
+    """One engine call of an iteration: `method(*args)` on an engine actor (an EngineActorBase
+    method, named by the function itself), evaluating the members first_member .. first_member +
+    members - 1. Every rollout method returns {"members": [...]}, one entry (completions, perturb_s,
+    generate_s) per member, in order."""
 
-    method: str
+    method: Callable
     args: tuple
     first_member: int
     members: int
@@ -114,13 +118,13 @@ class Variant:
             # alive than the run started with, engines take more batches (rounds), not bigger ones.
             size = min(self.lowrank_slots, -(-len(seeds) // max(1, engines_alive)))
             chunks = [seeds[i : i + size] for i in range(0, len(seeds), size)]
-            return [Job("rollout_lowrank", ([(s, k + 1) for k, s in enumerate(chunk)], sigma, self.rank, prompts,
-                                            sampling(chunk[0])), i * size, len(chunk))
-                    for i, chunk in enumerate(chunks)], 1
+            members = [[(s, k + 1) for k, s in enumerate(chunk)] for chunk in chunks]  # (seed, its LoRA slot)
+            return [Job(EngineActorBase.rollout_lowrank, (batch, sigma, self.rank, prompts, sampling(chunk[0])),
+                        i * size, len(chunk)) for i, (chunk, batch) in enumerate(zip(chunks, members))], 1
         if self.antithetic:
-            return [Job("rollout_pair", (s, sigma, prompts, sampling(s), mini), 2 * i, 2)
+            return [Job(EngineActorBase.rollout_pair, (s, sigma, prompts, sampling(s), mini), 2 * i, 2)
                     for i, s in enumerate(seeds)], PIPELINE_DEPTH
-        return [Job("rollout", (s, sigma, prompts, sampling(s), 1, False, mini), i, 1)
+        return [Job(EngineActorBase.rollout, (s, sigma, prompts, sampling(s), 1, False, mini), i, 1)
                 for i, s in enumerate(seeds)], PIPELINE_DEPTH
 
     def update_options(self, options: UpdateOptions) -> UpdateOptions:

@@ -57,6 +57,17 @@ class VLLMEngineActor(EngineActorBase):
             return self.llm.collective_rpc(method, args=args)[0]
         return self._sharded_rpc(method, *args)
 
+    def perturb(self, seed: int, sigma: float, sign: int = 1, mirror: bool = False) -> dict:
+        from engines.vllm_worker import ESWorkerExtension
+
+        results = self.llm.collective_rpc(ESWorkerExtension.perturb, args=(seed, sigma, sign, mirror))
+        return results[0] if self.ranks == 1 else ranks.perturb(results)
+
+    def perturb_lowrank(self, seed: int, sigma: float, rank: int) -> dict:
+        from engines.vllm_worker import ESWorkerExtension
+
+        return self.llm.collective_rpc(ESWorkerExtension.perturb_lowrank, args=(seed, sigma, rank))[0]  # TP 1 only
+
     def _sharded_rpc(self, method: str, *args):
         """The verb on every rank, combined into one engine's answer."""
         call = lambda name, *a: self.llm.collective_rpc(name, args=a)
@@ -68,7 +79,7 @@ class VLLMEngineActor(EngineActorBase):
             call("restore")
             return ranks.checksum(call("checksum_parts"))
         if method == "perturb":
-            return ranks.perturb(call("perturb", *args))
+            return self.perturb(*args)
         if method == "apply_update":
             return ranks.apply_update(call("apply_update", *args))
         if method in ("read_weights", "master_weights"):

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from esvllm.cli import build_parser
+from engines.actor_base import EngineActorBase
 from engines.variant import Job
 from esvllm.config import EvalConfig
 
@@ -58,7 +59,7 @@ class Evaluator:
         shares = len(fleet.engines)
         chunks = [samples[i::shares] for i in range(shares)]
         sampling = {"temperature": 0.0, "max_tokens": self.max_tokens}
-        jobs = [Job("generate", ([s["prompt"] for s in chunk], sampling), i, len(chunk))
+        jobs = [Job(EngineActorBase.generate, ([s["prompt"] for s in chunk], sampling), i, len(chunk))
                 for i, chunk in enumerate(chunks) if chunk]
         rows: list[dict | None] = [None] * len(samples)
 

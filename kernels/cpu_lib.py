@@ -37,6 +37,7 @@ from kernels.definition import quantile_table
 
 
 SOURCE = Path(__file__).with_name("noise_cpu.c")
+HEADERS = (Path(__file__).with_name("noise_cpu_avx2.h"),)  # included by SOURCE: part of the cache key
 LEVELS = ("avx2", "portable")  # best first; the torch reference is below them
 # No fast-math: the one int -> float conversion and the fma stay exact.
 COMMON_FLAGS = ["-O3", "-funroll-loops", "-fPIC", "-shared", "-fno-fast-math"]
@@ -100,8 +101,8 @@ def compiler_identity(compiler: str) -> str:
 def build(compiler: str, level: str, extra_flags: tuple[str, ...] = ()):
     """The kernel of `level` compiled (cached by source, flags, level and compiler) and loaded."""
     flags = [*level_flags(level), *extra_flags]
-    key = b"\0".join([SOURCE.read_bytes(), " ".join(flags + LIBS).encode(), level.encode(),
-                      compiler_identity(compiler).encode()])
+    sources = [SOURCE.read_bytes(), *(header.read_bytes() for header in HEADERS)]
+    key = b"\0".join([*sources, " ".join(flags + LIBS).encode(), level.encode(), compiler_identity(compiler).encode()])
     target = cache_dir() / f"noise_cpu-{level}-{hashlib.sha256(key).hexdigest()[:16]}.so"
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -123,7 +123,7 @@ def test_mini_batches_split_each_members_prompts_into_several_generate_calls_in_
         def __init__(self):
             self.calls = []
 
-        def rpc(self, method, *args):
+        def perturb(self, *args):
             return None
 
         def generate(self, prompts, sampling):

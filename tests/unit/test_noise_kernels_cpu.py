@@ -161,14 +161,18 @@ def test_the_cap_selects_each_level_and_torch_at_the_bottom(monkeypatch, fresh_k
         cpu.kernel()
 
 
-def test_the_cache_key_holds_the_compiler_identity_and_the_level(monkeypatch, tmp_path):
+def test_the_cache_key_holds_the_sources_the_compiler_identity_and_the_level(monkeypatch, tmp_path):
     monkeypatch.setenv("ESVLLM_CACHE", str(tmp_path))
     cpu_lib.build(compiler(), "portable")
     monkeypatch.setattr(cpu_lib, "compiler_identity", lambda cc: "/opt/other-cc\nother 1.0\nx86_64-linux-gnu")
     cpu_lib.build(compiler(), "portable")
     cpu_lib.build(compiler(), "portable", ("-DESVLLM_UNUSED=1",))  # other flags
+    header = tmp_path / "noise_cpu_avx2.h"  # the AVX2 header changed (the portable build does not include it)
+    header.write_text(cpu_lib.HEADERS[0].read_text() + "\n/* changed */\n")
+    monkeypatch.setattr(cpu_lib, "HEADERS", (header,))
+    cpu_lib.build(compiler(), "portable", ("-DESVLLM_UNUSED=1",))
     built = sorted(p.name for p in (tmp_path / "kernels").glob("*.so"))
-    assert len(built) == 3 and all(name.startswith("noise_cpu-portable-") for name in built)
+    assert len(built) == 4 and all(name.startswith("noise_cpu-portable-") for name in built)
 
 
 def test_the_compiler_identity_names_its_path_version_and_target():
