@@ -12,17 +12,21 @@ GREEDY = {"temperature": 0.0, "max_tokens": 12}
 
 
 @pytest.fixture(scope="module")
-def hf_and_vllm(ray_session, tiny_model):
-    hf = start_pool(tiny_model, num_engines=1, backend="hf")
-    vllm = start_pool(tiny_model, num_engines=1)
+def hf_and_vllm(engine_pair, tmp_path_factory):
+    """The session's first vLLM engine and an HF engine started from its current base weights
+    (exported to `hf.checkpoint`)."""
+    vllm = engine_pair[0]
+    checkpoint = vllm.export(str(tmp_path_factory.mktemp("hf") / "base"))
+    hf = start_pool(checkpoint, num_engines=1, backend="hf")
+    hf.engines[0].checkpoint = checkpoint
     hf.engines[0].at_checkpoint = [c["text"] for c in hf.engines[0].generate(PROMPTS, GREEDY)]  # before any update
-    yield hf.engines[0], vllm.engines[0]
+    yield hf.engines[0], vllm
+    vllm.restore()
     hf.shutdown()
-    vllm.shutdown()
 
 
-def test_an_engine_without_es_state_generates_as_transformers_does_from_the_checkpoint(hf_and_vllm, tiny_model):
-    plain = start_pool(tiny_model, num_engines=1, es_state=False)  # what esvllm.eval starts
+def test_an_engine_without_es_state_generates_as_transformers_does_from_the_checkpoint(hf_and_vllm):
+    plain = start_pool(hf_and_vllm[0].checkpoint, num_engines=1, es_state=False)  # what esvllm.eval starts
     try:
         assert plain.engines[0].info["es_state"] is False and plain.engines[0].info["master_bytes"] == 0
         assert [c["text"] for c in plain.engines[0].generate(PROMPTS, GREEDY)] == hf_and_vllm[0].at_checkpoint
@@ -30,13 +34,13 @@ def test_an_engine_without_es_state_generates_as_transformers_does_from_the_chec
         plain.shutdown()
 
 
-def test_both_backends_start_from_the_checkpoint_bit_for_bit(hf_and_vllm, tiny_model):
+def test_both_backends_start_from_the_checkpoint_bit_for_bit(hf_and_vllm):
     from safetensors.torch import load_file
 
-    checkpoint = load_file(f"{tiny_model}/model.safetensors")
+    checkpoint = load_file(f"{hf_and_vllm[0].checkpoint}/model.safetensors")
     for engine in hf_and_vllm:
         master = engine.master_weights()
-        assert master.keys() == checkpoint.keys() - {"lm_head.weight"}  # tied: one tensor, one noise
+        assert master.keys() == checkpoint.keys() - {"lm_head.weight"}  # tied: one tensor, one noise (none exported)
         assert all(torch.equal(master[n], checkpoint[n]) for n in master)
 
 
@@ -50,10 +54,10 @@ def test_both_backends_perturb_to_identical_weights(hf_and_vllm):
         assert torch.equal(a[name], b[name]), name
 
 
-def test_both_backends_apply_the_same_update_bit_for_bit(hf_and_vllm):
+def test_both_backends_apply_the_same_update_bit_for_bit(hf_and_vllm, engine_pair):
     hf, vllm = hf_and_vllm
     pairs = [(7, 3e-3), (8, -2e-3), (9, 1e-5)]
-    for engine in (hf, vllm):
+    for engine in (hf, vllm, engine_pair[1]):  # the session's pair stays in step
         engine.apply_update(pairs)
     assert hf.checksum() == vllm.checksum()
     a, b = hf.master_weights(), vllm.master_weights()

@@ -19,12 +19,14 @@ SIGMA, RANK = 0.05, 2
 
 
 @pytest.fixture(scope="module")
-def lowrank_and_dense(ray_session, tiny_model):
-    lowrank = start_pool(tiny_model, num_engines=1, lowrank_slots=4, lowrank_rank=RANK)
-    dense = start_pool(tiny_model, num_engines=1)
-    yield lowrank.engines[0], dense.engines[0]
+def lowrank_and_dense(engine_pair, tmp_path_factory):
+    """A low-rank engine started from the current base weights of the session's first engine (the dense one)."""
+    dense = engine_pair[0]
+    base = dense.export(str(tmp_path_factory.mktemp("lowrank") / "base"))
+    lowrank = start_pool(base, num_engines=1, lowrank_slots=4, lowrank_rank=RANK)
+    yield lowrank.engines[0], dense
+    dense.restore()
     lowrank.shutdown()
-    dense.shutdown()
 
 
 def test_each_batched_member_equals_a_dense_engine_with_its_perturbed_weights(lowrank_and_dense):

@@ -12,11 +12,13 @@ from tests.helpers import final_weights, run, same_weights, without_eval
 
 
 @pytest.fixture(scope="module")
-def one_and_two_ranks(ray_session, tiny_model):
-    single = start_pool(tiny_model, num_engines=1)
-    sharded = start_pool(tiny_model, num_engines=1, tensor_parallel_size=2)
-    yield single.engines[0], sharded.engines[0]
-    single.shutdown()
+def one_and_two_ranks(engine_pair, tmp_path_factory):
+    """The session's one-rank engine and a two-rank engine started from its current base weights."""
+    one = engine_pair[0]
+    base = one.export(str(tmp_path_factory.mktemp("tp") / "base"))
+    sharded = start_pool(base, num_engines=1, tensor_parallel_size=2)
+    yield one, sharded.engines[0]
+    one.restore()
     sharded.shutdown()
 
 
@@ -33,10 +35,11 @@ def test_two_ranks_perturb_every_hf_tensor_to_the_one_rank_values(one_and_two_ra
     assert one.checksum() == two.checksum()
 
 
-def test_two_ranks_apply_the_same_update_and_report_the_same_checksum(one_and_two_ranks):
+def test_two_ranks_apply_the_same_update_and_report_the_same_checksum(one_and_two_ranks, engine_pair):
     one, two = one_and_two_ranks
     pairs = [(7, 3e-3), (8, -2e-3), (9, 1e-5)]
     results = [engine.apply_update(pairs) for engine in (one, two)]
+    engine_pair[1].apply_update(pairs)  # the session's pair stays in step
     assert one.checksum() == two.checksum() and one.master_checksum() == two.master_checksum()
     assert results[1]["update_norm"] == pytest.approx(results[0]["update_norm"], rel=1e-6)
     a, b = one.master_weights(), two.master_weights()
