@@ -32,7 +32,7 @@ from benchmarks.gpu_memory import memory_figure, plan_terms
 from benchmarks.kernels import bench_size, copy_bandwidth, timed
 from engines.es_state import ESState
 from kernels.lowrank import combined_update, factors
-from esvllm.models import QWEN25_SHAPES, qwen2_tensors
+from esvllm.model_shapes import QWEN25_SHAPES, qwen2_tensors
 from kernels import TABLE_SHA256, fill_noise, fill_noise_rows, noise_reference, table_digest
 
 

@@ -10,7 +10,7 @@ import torch
 
 from engines.es_state import ESState
 from esvllm.memory import ModelShape, plan
-from esvllm.models import QWEN25_SHAPES, qwen2_tensors, qwen25_config
+from esvllm.model_shapes import QWEN25_SHAPES, qwen2_tensors, qwen25_config
 from kernels.lowrank import combined_update
 
 

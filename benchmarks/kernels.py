@@ -22,8 +22,8 @@ import statistics
 import time
 from pathlib import Path
 
-from esvllm.models import QWEN25_SHAPES as SHAPES  # noqa: F401 (the sizes on offer)
-from esvllm.models import qwen2_tensors
+from esvllm.model_shapes import QWEN25_SHAPES as SHAPES  # noqa: F401 (the sizes on offer)
+from esvllm.model_shapes import qwen2_tensors
 
 
 def timed(fn, device: str, repeats: int) -> float:

@@ -24,6 +24,7 @@ import dataclasses
 
 import torch
 
+from engines.architectures import TESTED_ARCHITECTURES
 from kernels import Slice
 
 
@@ -116,7 +117,8 @@ def build_targets(model: torch.nn.Module, hf_shapes: dict[str, tuple[int, ...]])
             except AttributeError:
                 raise ValueError(
                     f"HF tensor {hf_name!r} has no module {module_path!r} in the vLLM model "
-                    f"({type(model).__name__}); this architecture's name mapping is not supported"
+                    f"({type(model).__name__}); this architecture's name mapping is not supported "
+                    f"(tested: {', '.join(TESTED_ARCHITECTURES.values())})"
                 ) from None
             piece = _plain_piece(module, attr, hf_name, tuple(shape), rank, size)
         vllm_name = f"{module_path}.{attr}"
@@ -208,7 +210,8 @@ def _check_coverage(model: torch.nn.Module, targets: dict[str, Target]) -> None:
         if target is None:
             raise ValueError(
                 f"vLLM parameter {name} {tuple(param.shape)} maps to no HF tensor: ES would leave "
-                "it unperturbed; this architecture's name mapping is not supported"
+                "it unperturbed; this architecture's name mapping is not supported "
+                f"(tested: {', '.join(TESTED_ARCHITECTURES.values())})"
             )
         covered = sum(p.local_shape[0] for p in target.pieces)
         is_vocab = "Embedding" in type(target.module).__name__ or "LMHead" in type(target.module).__name__

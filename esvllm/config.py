@@ -74,7 +74,7 @@ class DeviceChoice:
 class RunConfig(DeviceChoice):
     # what to train
     experiment: str = field("custom", "name of the run (and of its preset in experiments/, if any)")
-    model_name: str = field("tiny", "HF checkpoint directory or built-in model (tiny, small, medium)")
+    model_name: str = field("tiny", "HF checkpoint directory, Hub name, or built-in model (tiny, small, medium, tiny-llama, tiny-qwen3)")
     task: str = field("countdown", "task: its data, prompt and default reward", one_of=TASKS)
     reward: str | None = field(None, "reward name (countdown, conciseness) or module:function; default: the task's")
     data: str | None = field(None, "data file (.json, .jsonl, HF dataset dir, DIR:split); default: the task's generator")

@@ -3,12 +3,17 @@ output directory), made after the config is valid and before any engine starts."
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
 import subprocess
 from pathlib import Path
 
+from engines.architectures import TESTED_ARCHITECTURES, architecture_problem
 from esvllm.config import RunConfig
+
+logger = logging.getLogger(__name__)
 
 
 def check_environment(config: RunConfig) -> None:
@@ -16,7 +21,7 @@ def check_environment(config: RunConfig) -> None:
     from esvllm.models import BUILTIN_MODELS, resolve_model  # light: torch loads only to build a model
 
     if config.model_name not in BUILTIN_MODELS:
-        resolve_model(config.model_name)
+        check_architecture(resolve_model(config.model_name))
     for flag, spec in [("data", config.data)] + [("eval_data", s.partition("=")[2] or s) for s in config.eval_data or []]:
         if spec and not Path(spec).expanduser().exists() and not Path(spec.rsplit(":", 1)[0]).expanduser().exists():
             raise FileNotFoundError(f"--{flag} {spec!r}: no such file or directory")
@@ -35,6 +40,20 @@ def check_environment(config: RunConfig) -> None:
         if needed > cores:
             raise ValueError(f"--num_engines {config.num_engines} x --tensor_parallel_size {config.tensor_parallel_size}: "
                              f"{needed} cores wanted, {cores} here")
+
+
+def check_architecture(model_dir: str) -> None:
+    """Refuse a model ES cannot perturb (mixture-of-experts, not a causal LM) before anything starts;
+    warn about a dense architecture outside the tested families (the engines then check that every
+    vLLM parameter maps to an HF tensor, and refuse at start if one does not)."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    problem = architecture_problem(config)
+    if problem:
+        raise ValueError(f"--model_name {model_dir}: {problem}")
+    name = (config.get("architectures") or [config.get("model_type", "?")])[0]
+    if name not in TESTED_ARCHITECTURES.values():
+        logger.warning("%s is not among the tested families (%s): the engines refuse it at start if any of its "
+                       "parameters maps to no HF tensor", name, ", ".join(TESTED_ARCHITECTURES.values()))
 
 
 def check_gpu_ids(cuda_devices, wanted: list[int]) -> None:

@@ -1,4 +1,4 @@
-"""Built-in models: small Qwen2-architecture checkpoints built here from a seed (no model hub).
+"""Built-in models: small checkpoints of the supported families built here from a seed (no model hub).
 
 `resolve_model("tiny")` builds (once) and returns the path of a Hugging Face checkpoint directory:
 config.json, model.safetensors and a character-level tokenizer. Any other value must be a local HF
@@ -20,6 +20,8 @@ import string
 import tempfile
 from pathlib import Path
 
+from engines.architectures import TESTED_ARCHITECTURES
+from esvllm.model_shapes import QWEN25_SHAPES, write_qwen25_shaped
 from esvllm.pretrain import Recipe
 
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<unk>")
@@ -28,9 +30,12 @@ CHARACTERS = [c for c in string.printable if c not in "\t\r\x0b\x0c"]
 VOCAB_SIZE = 128
 
 
+FAMILIES = TESTED_ARCHITECTURES  # each has a tiny built-in model
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """Shape of a built-in Qwen2 model; the seed fixes its random weights."""
+    """Shape of a built-in model of one family (FAMILIES); the seed fixes its random weights."""
 
     hidden_size: int
     intermediate_size: int
@@ -42,9 +47,13 @@ class ModelSpec:
     init_std: float = 0.02
     seed: int = 0
     pretrain: Recipe | None = None  # supervised pre-training on a task (esvllm.pretrain), if any
+    family: str = "qwen2"
 
     def digest(self) -> str:
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True) + f"/vocab{VOCAB_SIZE}/v1"
+        fields = dataclasses.asdict(self)
+        if fields["family"] == "qwen2":  # the Qwen2 models keep the digests they were built under
+            del fields["family"]
+        text = json.dumps(fields, sort_keys=True) + f"/vocab{VOCAB_SIZE}/v1"
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -57,6 +66,10 @@ BUILTIN_MODELS = {
     "medium": ModelSpec(768, 3072, 12, 12, 4, tie_word_embeddings=False),
     # tiny's shape, pre-trained on the addition task's pre-training problems: the CPU demo's base model.
     "adder": ModelSpec(128, 256, 2, 4, 2, tie_word_embeddings=True, pretrain=Recipe(period_fraction=0.6)),
+    # tiny's size in the Llama 3 family: GQA, untied lm_head, no biases, llama3 rope scaling.
+    "tiny-llama": ModelSpec(128, 256, 2, 4, 2, tie_word_embeddings=False, family="llama"),
+    # tiny's size in the Qwen3 family: per-head q_norm/k_norm, no qkv bias, tied embeddings.
+    "tiny-qwen3": ModelSpec(128, 256, 2, 4, 2, tie_word_embeddings=True, family="qwen3"),
 }
 
 
@@ -130,12 +143,32 @@ def build_model(name: str, root: Path | None = None) -> Path:
     return target
 
 
+def family_classes(family: str):
+    """transformers' own config and model classes of a family."""
+    import transformers
+
+    name = FAMILIES[family].removesuffix("ForCausalLM")
+    return getattr(transformers, f"{name}Config"), getattr(transformers, FAMILIES[family])
+
+
+def family_options(spec: ModelSpec) -> dict:
+    """What a family's config sets beyond the shared shape."""
+    if spec.family == "llama":  # Llama 3's rope scaling, shrunk to this model's context
+        return {"attention_bias": False, "mlp_bias": False,
+                "rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 4.0,
+                                    "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                    "original_max_position_embeddings": spec.max_position_embeddings // 4}}
+    if spec.family == "qwen3":
+        return {"head_dim": spec.hidden_size // spec.num_attention_heads, "attention_bias": False}
+    return {}
+
+
 def write_checkpoint(spec: ModelSpec, path: Path) -> None:
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
 
+    config_class, model_class = family_classes(spec.family)
     tokenizer = build_tokenizer()
-    config = Qwen2Config(
+    config = config_class(
         vocab_size=VOCAB_SIZE,
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,
@@ -150,13 +183,16 @@ def write_checkpoint(spec: ModelSpec, path: Path) -> None:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         dtype="float32",
+        **family_options(spec),
     )
     torch.manual_seed(spec.seed)
-    model = Qwen2ForCausalLM(config)
-    with torch.no_grad():  # HF leaves biases at zero; random ones make every tensor non-trivial
+    model = model_class(config)
+    with torch.no_grad():  # HF leaves biases at zero and norms at one; random ones make every tensor non-trivial
         for name, param in model.named_parameters():
             if name.endswith(".bias"):
                 param.normal_(0.0, spec.init_std)
+            elif name.endswith("norm.weight") and spec.family != "qwen2":
+                param.normal_(1.0, spec.init_std)
     if spec.pretrain is not None:
         from esvllm.pretrain import pretrain
 
@@ -177,70 +213,6 @@ def build_tokenizer():
     return PreTrainedTokenizerFast(
         tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
     )
-
-
-# The shapes of the Qwen2.5 models (their config.json): hidden, intermediate, layers, attention
-# heads, KV heads, vocab, tied embeddings. "toy" is a small stand-in with the same structure.
-QWEN25_SHAPES = {
-    "toy": (256, 1024, 2, 4, 2, 1000, True),
-    "0.5B": (896, 4864, 24, 14, 2, 151936, True),
-    "1.5B": (1536, 8960, 28, 12, 2, 151936, True),
-    "3B": (2048, 11008, 36, 16, 2, 151936, True),
-    "7B": (3584, 18944, 28, 28, 4, 152064, False),
-    "14B": (5120, 13824, 48, 40, 8, 152064, False),
-}
-
-
-def qwen25_config(size: str) -> dict:
-    """A config.json with the exact shapes of Qwen2.5-`size` (for --dry_run and GPU checks)."""
-    hidden, inter, layers, heads, kv_heads, vocab, tied = QWEN25_SHAPES[size]
-    return {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": hidden,
-            "intermediate_size": inter, "num_hidden_layers": layers, "num_attention_heads": heads,
-            "num_key_value_heads": kv_heads, "vocab_size": vocab, "tie_word_embeddings": tied,
-            "hidden_act": "silu", "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
-            "max_position_embeddings": 32768, "torch_dtype": "bfloat16", "bos_token_id": 151643,
-            "eos_token_id": 151645}
-
-
-def qwen2_tensors(size: str) -> dict[str, tuple]:
-    """HF tensor names and shapes of Qwen2.5-`size` (a tied lm_head is not a tensor of its own)."""
-    hidden, inter, layers, heads, kv_heads, vocab, tied = QWEN25_SHAPES[size]
-    kv = hidden // heads * kv_heads
-    shapes = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,)}
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        shapes.update({
-            p + "self_attn.q_proj.weight": (hidden, hidden), p + "self_attn.q_proj.bias": (hidden,),
-            p + "self_attn.k_proj.weight": (kv, hidden), p + "self_attn.k_proj.bias": (kv,),
-            p + "self_attn.v_proj.weight": (kv, hidden), p + "self_attn.v_proj.bias": (kv,),
-            p + "self_attn.o_proj.weight": (hidden, hidden),
-            p + "mlp.gate_proj.weight": (inter, hidden), p + "mlp.up_proj.weight": (inter, hidden),
-            p + "mlp.down_proj.weight": (hidden, inter),
-            p + "input_layernorm.weight": (hidden,), p + "post_attention_layernorm.weight": (hidden,),
-        })
-    if not tied:
-        shapes["lm_head.weight"] = (vocab, hidden)
-    return shapes
-
-
-def write_qwen25_shaped(size: str, path: Path, weights: bool = False, dtype: str = "bfloat16") -> Path:
-    """config.json of Qwen2.5-`size`, and with `weights` random weights (N(0, 0.02), seeded per tensor)."""
-    import torch
-
-    from engines.safetensors_io import write_sharded
-
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "config.json").write_text(json.dumps(qwen25_config(size), indent=2))
-    if weights:
-        def random_tensor(name, shape):
-            seed = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=4).digest(), "little")
-            return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).mul_(0.02)
-
-        entries = [(name, shape, getattr(torch, dtype), lambda n=name, s=shape: random_tensor(n, s))
-                   for name, shape in qwen2_tensors(size).items()]
-        write_sharded(path, entries)
-    return path
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,8 +10,8 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from benchmarks.kernels import main
-from esvllm.models import QWEN25_SHAPES as SHAPES
-from esvllm.models import qwen2_tensors
+from esvllm.model_shapes import QWEN25_SHAPES as SHAPES
+from esvllm.model_shapes import qwen2_tensors
 
 
 @pytest.mark.parametrize("size", list(SHAPES))

@@ -7,7 +7,7 @@ import pytest
 from benchmarks.gpu_check import options_with_bf16_weights
 from benchmarks.gpu_memory import lora_shaped_buffers
 from esvllm.memory import ModelShape, plan
-from esvllm.models import qwen25_config
+from esvllm.model_shapes import qwen25_config
 
 
 @pytest.mark.parametrize("size", ["toy", "0.5B"])

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from esvllm.memory import CHECKSUM_TEMPORARY, CONTEXT_RESERVE, GIB, ModelShape, batched_tokens, plan, update_temporary
-from esvllm.models import qwen25_config, write_qwen25_shaped
+from esvllm.model_shapes import qwen25_config, write_qwen25_shaped
 
 GB = 10**9
 
