@@ -33,7 +33,7 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 @dataclasses.dataclass
 class ModelShape:
-    """What the memory plan needs from a Qwen2-style config.json."""
+    """What the memory plan needs from a config.json of a tested family (Qwen2, Llama, Qwen3)."""
 
     hidden: int
     intermediate: int
@@ -43,6 +43,8 @@ class ModelShape:
     vocab: int
     tied: bool
     head_dim: int
+    qkv_bias: bool = True  # Qwen2's q/k/v biases; Llama and Qwen3 have none
+    qk_norm: bool = False  # Qwen3's per-head q_norm/k_norm
 
     @classmethod
     def from_config(cls, config: dict) -> "ModelShape":
@@ -52,18 +54,21 @@ class ModelShape:
                        layers=config["num_hidden_layers"], heads=heads,
                        kv_heads=config.get("num_key_value_heads", heads), vocab=config["vocab_size"],
                        tied=bool(config.get("tie_word_embeddings", False)),
-                       head_dim=config.get("head_dim") or config["hidden_size"] // heads)
+                       head_dim=config.get("head_dim") or config["hidden_size"] // heads,
+                       qkv_bias=bool(config.get("attention_bias", config.get("model_type", "qwen2") == "qwen2")),
+                       qk_norm=config.get("model_type") == "qwen3")
         except KeyError as exc:
             raise ValueError(f"config.json lacks {exc}: the memory plan needs a Qwen2/Llama-style config") from None
 
     def tensors(self) -> dict[str, int]:
         """Element count of each kind of tensor (per layer where it repeats)."""
         q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        bias = int(self.qkv_bias)
         return {"embed": self.vocab * self.hidden, "lm_head": 0 if self.tied else self.vocab * self.hidden,
-                "q": self.hidden * q + q, "k": self.hidden * kv + kv, "v": self.hidden * kv + kv,
+                "q": self.hidden * q + bias * q, "k": self.hidden * kv + bias * kv, "v": self.hidden * kv + bias * kv,
                 "o": q * self.hidden, "gate": self.hidden * self.intermediate,
                 "up": self.hidden * self.intermediate, "down": self.intermediate * self.hidden,
-                "norms": 2 * self.hidden}
+                "norms": 2 * self.hidden + (2 * self.head_dim if self.qk_norm else 0)}
 
     @property
     def parameters(self) -> int:

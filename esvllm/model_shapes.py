@@ -20,6 +20,38 @@ QWEN25_SHAPES = {
 }
 
 
+# Llama 3.x and Qwen3 as their config.json give them (the fields the plan and vLLM read).
+_LLAMA = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 128256, "hidden_act": "silu",
+          "attention_bias": False, "mlp_bias": False, "rms_norm_eps": 1e-5, "max_position_embeddings": 131072,
+          "torch_dtype": "bfloat16", "bos_token_id": 128000, "eos_token_id": 128001}
+_LLAMA3_ROPE = {"rope_type": "llama3", "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192}
+RELEASED_SHAPES = {
+    "Llama-3.2-1B": {**_LLAMA, "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+                     "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "tie_word_embeddings": True,
+                     "rope_theta": 500000.0, "rope_scaling": {**_LLAMA3_ROPE, "factor": 32.0}},
+    "Llama-3.2-3B": {**_LLAMA, "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 28,
+                     "num_attention_heads": 24, "num_key_value_heads": 8, "head_dim": 128, "tie_word_embeddings": True,
+                     "rope_theta": 500000.0, "rope_scaling": {**_LLAMA3_ROPE, "factor": 32.0}},
+    "Llama-3.1-8B": {**_LLAMA, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+                     "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "tie_word_embeddings": False,
+                     "rope_theta": 500000.0, "rope_scaling": {**_LLAMA3_ROPE, "factor": 8.0}},
+    "Qwen3-8B": {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": 151936,
+                 "hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 36, "num_attention_heads": 32,
+                 "num_key_value_heads": 8, "head_dim": 128, "tie_word_embeddings": False, "attention_bias": False,
+                 "hidden_act": "silu", "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "max_position_embeddings": 40960,
+                 "torch_dtype": "bfloat16", "bos_token_id": 151643, "eos_token_id": 151645},
+}
+
+
+def write_released_shape(name: str, path: Path) -> Path:
+    """config.json of a released model (RELEASED_SHAPES) in `path`, for --dry_run plans."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(RELEASED_SHAPES[name], indent=2))
+    return path
+
+
 def qwen25_config(size: str) -> dict:
     """A config.json with the exact shapes of Qwen2.5-`size` (for --dry_run and GPU checks)."""
     hidden, inter, layers, heads, kv_heads, vocab, tied = QWEN25_SHAPES[size]

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from engines.architectures import TESTED_ARCHITECTURES
-from esvllm.model_shapes import QWEN25_SHAPES, write_qwen25_shaped
+from esvllm.model_shapes import QWEN25_SHAPES, RELEASED_SHAPES, write_qwen25_shaped, write_released_shape
 from esvllm.pretrain import Recipe
 
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<unk>")
@@ -222,9 +222,16 @@ def main(argv: list[str] | None = None) -> None:
                                      "write checkpoints with the exact shapes of Qwen2.5 models.")
     parser.add_argument("names", nargs="*", help=f"built-in models to build (default: all of {list(BUILTIN_MODELS)})")
     parser.add_argument("--qwen2.5", dest="qwen", choices=list(QWEN25_SHAPES), help="write a Qwen2.5-shaped checkpoint")
+    parser.add_argument("--shape", choices=list(RELEASED_SHAPES), help="write the config.json of a Llama 3.x or "
+                        "Qwen3 model (for --dry_run)")
     parser.add_argument("--out", help="its directory")
     parser.add_argument("--weights", action="store_true", help="random weights too (default: config.json only)")
     args = parser.parse_args(argv)
+    if args.shape:
+        if not args.out:
+            parser.error("--shape needs --out DIR")
+        print(write_released_shape(args.shape, Path(args.out)))
+        return
     if args.qwen:
         if not args.out:
             parser.error("--qwen2.5 needs --out DIR")

@@ -68,3 +68,54 @@ def test_an_untested_dense_architecture_is_let_through_with_a_warning(tmp_path, 
                                                     "num_attention_heads": 4, "num_hidden_layers": 2, "vocab_size": 128})
     check_architecture(str(model_dir))  # the engines' own coverage check decides at start
     assert "MistralForCausalLM is not among the tested families" in caplog.text
+
+
+LAYER_TENSORS = {"self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+                 "self_attn.o_proj.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight",
+                 "input_layernorm.weight", "post_attention_layernorm.weight"}
+
+
+@pytest.mark.parametrize("name", ["Llama-3.2-1B", "Llama-3.2-3B", "Llama-3.1-8B", "Qwen3-8B"])
+def test_each_released_shape_is_transformers_own_model_of_that_config(name, tmp_path):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from esvllm.memory import ModelShape
+    from esvllm.model_shapes import RELEASED_SHAPES, write_released_shape
+
+    path = write_released_shape(name, tmp_path / name)
+    with torch.device("meta"):  # shapes only: no memory
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+    names = {n for n, _ in model.named_parameters()}
+    config = RELEASED_SHAPES[name]
+    layer = LAYER_TENSORS | ({"self_attn.q_norm.weight", "self_attn.k_norm.weight"} if "Qwen3" in name else set())
+    expected = {"model.embed_tokens.weight", "model.norm.weight"} | \
+        {f"model.layers.{i}.{t}" for i in range(config["num_hidden_layers"]) for t in layer} | \
+        (set() if config["tie_word_embeddings"] else {"lm_head.weight"})
+    assert names == expected  # no bias, no tensor the HF-vLLM map does not know
+    assert ModelShape.from_config(config).parameters == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["Llama-3.1-8B", "Qwen3-8B"])
+def test_an_8b_llama_or_qwen3_is_planned_for_one_80gb_gpu_and_fits_with_fewer_prompts(name, tmp_path):
+    import subprocess
+    import sys
+
+    from esvllm.model_shapes import RELEASED_SHAPES
+    from esvllm.memory import ModelShape
+
+    model = tmp_path / name
+    subprocess.run([sys.executable, "-m", "esvllm.models", "--shape", name, "--out", str(model)], check=True,
+                   capture_output=True, timeout=120)
+
+    def plan(*extra):
+        out = subprocess.run([sys.executable, "-m", "esvllm.run", "--experiment", "countdown", "--model_name",
+                              str(model), "--dry_run", "--cuda_devices", "0", "--gpu_memory_gb", "80", *extra],
+                             capture_output=True, text=True, timeout=300)
+        return out.returncode, json.loads(out.stdout.strip().splitlines()[-1])
+
+    code, paper = plan()  # the paper's Countdown settings: 200 prompts x 1024 new tokens, fp32 master
+    assert paper["parameters"] == ModelShape.from_config(RELEASED_SHAPES[name]).parameters
+    assert code == 1 and not paper["fits"] and "--batch_size" in paper["reasons"][-1]  # the KV cache is short
+    code, halved = plan("--batch_size", "100")
+    assert code == 0 and halved["fits"] and halved["kv_cache_bytes"] >= halved["kv_cache_needed_bytes"]
