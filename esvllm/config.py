@@ -25,7 +25,7 @@ PRECISIONS = ("auto", "bfloat16", "float16", "float32")
 MASTER_DTYPES = ("float32", "model")
 NOISE_MODES = ("iid", "paper_correlated")
 PERTURBATIONS = ("full", "lowrank")
-MAX_MODEL_LEN = 1024  # longest prompt + completion, for training and evaluation alike
+MAX_MODEL_LEN = 2048  # longest prompt + completion, run and evaluation alike: the default --max_tokens 1024 plus a prompt
 
 
 def field(default, help: str, *, one_of: tuple | None = None, at_least: float | None = None, **kw):

@@ -44,6 +44,8 @@ def fails_with(argv, *fragments):
         (["--cuda_devices", "-1"], ["--cuda_devices", ">= 0"]),
         (["--cuda_devices", "0,1,2", "--tensor_parallel_size", "2"], ["--cuda_devices", "multiple"]),
         (["--gpu_memory_utilization", "1.5"], ["--gpu_memory_utilization", "1.5"]),
+        (["--engine", "fake", "--tensor_parallel_size", "2"], ["--tensor_parallel_size", "only the vllm engine shards"]),
+        (["--optimizer", "lion"], ["--optimizer", "'lion'", "sgd, momentum, adam"]),
     ],
 )
 def test_bad_config_fails_before_any_engine_starts(argv, fragments, monkeypatch):
@@ -173,3 +175,20 @@ def test_an_unwritable_output_directory_is_reported_before_start(tmp_path):
     with pytest.raises(SystemExit) as info:
         main(FAKE + ["--output_dir", str(blocked / "runs")])
     assert "file-not-dir" in str(info.value.code) and "cannot write" in str(info.value.code)
+
+
+def test_the_help_lists_each_flags_choices_from_the_same_tuple_the_check_reads():
+    from esvllm.config import RunConfig
+    from esvllm.es import SHAPINGS
+
+    out = subprocess.run([sys.executable, "-m", "esvllm.run", "--help"], capture_output=True, text=True, check=True).stdout
+    assert f"one of: {', '.join(SHAPINGS)}" in " ".join(out.split())  # the help, whatever its wrapping
+    with pytest.raises(ValueError, match=f"use one of {', '.join(SHAPINGS)}"):
+        RunConfig(shaping="ranks")
+
+
+def test_run_and_evaluation_share_one_max_model_len_that_holds_the_default_completion():
+    from esvllm.config import EvalConfig, RunConfig
+
+    run, evaluation = RunConfig(), EvalConfig(model="tiny")
+    assert run.max_model_len == evaluation.max_model_len > run.max_tokens == evaluation.max_tokens

@@ -119,3 +119,18 @@ def test_an_8b_llama_or_qwen3_is_planned_for_one_80gb_gpu_and_fits_with_fewer_pr
     assert code == 1 and not paper["fits"] and "--batch_size" in paper["reasons"][-1]  # the KV cache is short
     code, halved = plan("--batch_size", "100")
     assert code == 0 and halved["fits"] and halved["kv_cache_bytes"] >= halved["kv_cache_needed_bytes"]
+
+
+def test_a_model_with_a_parameter_no_hf_tensor_maps_to_is_refused_naming_it_and_the_families():
+    # What the engines check at start for an architecture outside the tested families (engines.layout).
+    import torch
+
+    from engines.layout import build_targets
+
+    model = torch.nn.Module()
+    model.embed_tokens = torch.nn.Embedding(16, 8)
+    model.router = torch.nn.Linear(8, 4)  # e.g. an MoE router: no HF tensor of the checkpoint maps to it
+    with pytest.raises(ValueError, match=r"router\.weight .*maps to no HF tensor.*LlamaForCausalLM"):
+        build_targets(model, {"embed_tokens.weight": (16, 8)})
+    model.router = torch.nn.Identity()
+    assert [t.vllm_name for t in build_targets(model, {"embed_tokens.weight": (16, 8)})] == ["embed_tokens.weight"]
