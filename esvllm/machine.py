@@ -25,9 +25,11 @@ def check_environment(config: RunConfig) -> None:
     for flag, spec in [("data", config.data)] + [("eval_data", s.partition("=")[2] or s) for s in config.eval_data or []]:
         if spec and not Path(spec).expanduser().exists() and not Path(spec.rsplit(":", 1)[0]).expanduser().exists():
             raise FileNotFoundError(f"--{flag} {spec!r}: no such file or directory")
-    from rewards import resolve_reward
+    from rewards import portable, resolve_reward
 
     resolve_reward(config.reward_spec)
+    if config.reward_timeout:  # its worker processes get it by pickling: a closure over a lock cannot go
+        portable(config.reward_spec)
     if not config.dry_run:
         check_writable(Path(config.resume) if config.resume else Path(config.output_dir))
     if config.dry_run and config.gpu_memory_gb:  # planning for GPUs this machine may not have

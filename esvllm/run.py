@@ -32,17 +32,21 @@ def parser():
 
 
 def resolve_config(argv: list[str] | None = None) -> RunConfig:
-    args = vars(parser().parse_args(argv))
-    if args.get("resume"):  # the stopped run's own config; flags given now override it
-        saved = Path(args["resume"]) / "config.json"
+    return RunConfig(**settings_with(vars(parser().parse_args(argv))))
+
+
+def settings_with(given: dict) -> dict:
+    """The settings a run starts from, the given ones on top: a resumed run's own config.json, or the
+    experiment's preset (the command line and esvllm.train both come through here)."""
+    if given.get("resume"):  # the stopped run's own config; settings given now override it
+        saved = Path(given["resume"]) / "config.json"
         if not saved.is_file():
-            raise FileNotFoundError(f"--resume {args['resume']!r}: no config.json there; pass a run directory")
+            raise FileNotFoundError(f"--resume {given['resume']!r}: no config.json there; pass a run directory")
         settings = json.loads(saved.read_text())
         settings.pop("model_path", None)
     else:
-        settings = load_experiment(args["experiment"]) if "experiment" in args else {}
-    settings.update(args)
-    return RunConfig(**settings)
+        settings = load_experiment(given["experiment"]) if "experiment" in given else {}
+    return {**settings, **given}
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -88,6 +92,11 @@ def prepare_inputs(config: RunConfig) -> dict:
 
 def report_dry_run(config: RunConfig, inputs: dict) -> None:
     """Print what a run would do; the last line is one JSON object. Exit 0 when it fits, 1 when not."""
+    sys.exit(0 if dry_run_summary(config, inputs)["fits"] else 1)
+
+
+def dry_run_summary(config: RunConfig, inputs: dict) -> dict:
+    """Print the plan of a run (data, GPUs, memory) and return it; the last line printed is its JSON."""
     plan = inputs["plan"]
     facts = inputs["facts"]
     print(f"config ok: --experiment {config.experiment}, {facts['train_samples']} training samples, evaluation "
@@ -105,7 +114,7 @@ def report_dry_run(config: RunConfig, inputs: dict) -> None:
         print(plan.describe())
         summary.update(plan.to_dict())
     print(json.dumps(summary))
-    sys.exit(0 if summary["fits"] else 1)
+    return summary
 
 
 def prepare_run(config: RunConfig, model_path: str):

@@ -100,10 +100,10 @@ class Scorer:
                 self.pools.get().close()
 
 
-def _serve(conn, reward_spec: str) -> None:
-    from rewards import resolve_reward
+def _serve(conn, reward) -> None:
+    from rewards import from_portable
 
-    fn = resolve_reward(reward_spec)
+    fn = from_portable(reward)
     while True:
         item = conn.recv()
         if item is None:
@@ -118,7 +118,9 @@ class RewardProcesses:
     """A few reward worker processes; a call past the timeout kills and replaces its worker."""
 
     def __init__(self, reward_spec: str, workers: int, timeout: float):
-        self.spec, self.timeout = reward_spec, timeout
+        from rewards import portable
+
+        self.spec, self.timeout = portable(reward_spec), timeout
         self.ctx = mp.get_context("spawn")  # never fork a process that runs Ray threads
         self.workers = [self._spawn() for _ in range(workers)]
 

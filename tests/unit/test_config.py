@@ -20,34 +20,35 @@ def fails_with(argv, *fragments):
     return message
 
 
-@pytest.mark.parametrize(
-    "argv, fragments",
-    [
-        (["--population_size", "1"], ["--population_size", "1"]),
-        (["--sigma", "0"], ["--sigma", "0.0"]),
-        (["--sigma", "-0.1"], ["--sigma", "-0.1"]),
-        (["--sigma", "nan"], ["--sigma", "nan"]),
-        (["--alpha", "inf"], ["--alpha", "inf"]),
-        (["--reward", "no_such_reward"], ["no_such_reward", "countdown"]),
-        (["--reward", "rewards.countdown:nothing"], ["rewards.countdown:nothing"]),
-        (["--experiment", "no_such_experiment"], ["no_such_experiment", "demo"]),
-        (["--data", "/nonexistent/countdown.json"], ["/nonexistent/countdown.json"]),
-        (["--model_name", "/nonexistent/model"], ["/nonexistent/model"]),
-        (["--device", "cpu", "--num_engines", "64"], ["--num_engines", "64"]),
-        (["--cuda_devices", "a,b"], ["--cuda_devices", "a,b"]),
-        (["--batch_size", "500", "--data_sample", "10"], ["--batch_size", "500"]),
-        (["--noise_cache_mb", "-1"], ["--noise_cache_mb", "-1"]),
-        (["--task", "no_such_task"], ["--task", "no_such_task", "countdown"]),
-        (["--shaping", "ranks"], ["--shaping", "ranks", "centered_rank"]),
-        (["--engine", "tensorrt"], ["--engine", "tensorrt", "vllm"]),
-        (["--cuda_devices", "0,0"], ["--cuda_devices", "'0,0'", "twice"]),
-        (["--cuda_devices", "-1"], ["--cuda_devices", ">= 0"]),
-        (["--cuda_devices", "0,1,2", "--tensor_parallel_size", "2"], ["--cuda_devices", "multiple"]),
-        (["--gpu_memory_utilization", "1.5"], ["--gpu_memory_utilization", "1.5"]),
-        (["--engine", "fake", "--tensor_parallel_size", "2"], ["--tensor_parallel_size", "only the vllm engine shards"]),
-        (["--optimizer", "lion"], ["--optimizer", "'lion'", "sgd, momentum, adam"]),
-    ],
-)
+# (flags, fragments of the message): each refused before any engine starts, by esvllm.train too.
+BAD_CONFIGS = [
+    (["--population_size", "1"], ["--population_size", "1"]),
+    (["--sigma", "0"], ["--sigma", "0.0"]),
+    (["--sigma", "-0.1"], ["--sigma", "-0.1"]),
+    (["--sigma", "nan"], ["--sigma", "nan"]),
+    (["--alpha", "inf"], ["--alpha", "inf"]),
+    (["--reward", "no_such_reward"], ["no_such_reward", "countdown"]),
+    (["--reward", "rewards.countdown:nothing"], ["rewards.countdown:nothing"]),
+    (["--experiment", "no_such_experiment"], ["no_such_experiment", "demo"]),
+    (["--data", "/nonexistent/countdown.json"], ["/nonexistent/countdown.json"]),
+    (["--model_name", "/nonexistent/model"], ["/nonexistent/model"]),
+    (["--device", "cpu", "--num_engines", "64"], ["--num_engines", "64"]),
+    (["--cuda_devices", "a,b"], ["--cuda_devices", "a,b"]),
+    (["--batch_size", "500", "--data_sample", "10"], ["--batch_size", "500"]),
+    (["--noise_cache_mb", "-1"], ["--noise_cache_mb", "-1"]),
+    (["--task", "no_such_task"], ["--task", "no_such_task", "countdown"]),
+    (["--shaping", "ranks"], ["--shaping", "ranks", "centered_rank"]),
+    (["--engine", "tensorrt"], ["--engine", "tensorrt", "vllm"]),
+    (["--cuda_devices", "0,0"], ["--cuda_devices", "'0,0'", "twice"]),
+    (["--cuda_devices", "-1"], ["--cuda_devices", ">= 0"]),
+    (["--cuda_devices", "0,1,2", "--tensor_parallel_size", "2"], ["--cuda_devices", "multiple"]),
+    (["--gpu_memory_utilization", "1.5"], ["--gpu_memory_utilization", "1.5"]),
+    (["--engine", "fake", "--tensor_parallel_size", "2"], ["--tensor_parallel_size", "only the vllm engine shards"]),
+    (["--optimizer", "lion"], ["--optimizer", "'lion'", "sgd, momentum, adam"]),
+]
+
+
+@pytest.mark.parametrize("argv, fragments", BAD_CONFIGS)
 def test_bad_config_fails_before_any_engine_starts(argv, fragments, monkeypatch):
     import engines.pool
 
