@@ -16,7 +16,7 @@ EVAL    ?=
 GPU_FLAGS = --cuda_devices $(CUDA_DEVICES) $(if $(MODEL),--model_name $(MODEL)) $(if $(DATA),--data $(DATA)) \
             $(if $(EVAL),--eval_data $(EVAL))
 
-.PHONY: install demo test test-fast test-ray test-engine gpu-check bench bench-rewards bench-variants math bench-engine bench-kernels tensorboard countdown conciseness clean
+.PHONY: docs install demo test test-fast test-ray test-engine gpu-check bench bench-rewards bench-variants math bench-engine bench-kernels tensorboard countdown conciseness clean
 
 install: $(STAMP)
 
@@ -44,6 +44,11 @@ conciseness: $(STAMP)
 
 math: $(STAMP)
 	$(PY) -m esvllm.run --experiment math --output_dir $(OUTPUT) $(GPU_FLAGS)
+
+# The documentation site (docs/, mkdocs.yml) in site/; the results page is made from bench/*.json first.
+docs: $(STAMP)
+	$(PY) -m benchmarks.pages
+	$(PY) -m mkdocs build --strict
 
 tensorboard: $(STAMP)
 	$(VENV)/bin/tensorboard --logdir $(OUTPUT) --host 127.0.0.1 --port $(PORT)

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from benchmarks.es_report import markdown, plot
+from benchmarks.provenance import stamp
 
 OUT = Path("bench")
 NOISE_CACHE_MB = 2048  # the engines' --noise_cache_mb here (and 0 for the before/after figure)
@@ -222,7 +223,7 @@ def main(argv=None) -> dict:
 
     init_ray(num_cpus=2 if args.device == "cpu" else None)
     bench = Bench(args.iterations, args.prompts, args.max_tokens, args.device)
-    results = {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores", "device": args.device,
+    results = {**stamp(), "device": args.device,
                "settings": vars(args), "models": []}
     for model in args.models:
         scaling = args.scaling if model == args.models[0] else [n for n in args.scaling if n <= args.population]

@@ -34,6 +34,7 @@ from engines.es_state import ESState
 from kernels.lowrank import combined_update, factors
 from esvllm.model_shapes import QWEN25_SHAPES, qwen2_tensors
 from kernels import TABLE_SHA256, fill_noise, fill_noise_rows, noise_reference, table_digest
+from benchmarks.provenance import stamp
 
 
 def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -200,7 +201,7 @@ def main(argv=None) -> dict:
     device = "cuda"
     started = time.perf_counter()
     props = torch.cuda.get_device_properties(0)
-    results = {"date": time.strftime("%Y-%m-%d"), "gpu": props.name, "sm_count": props.multi_processor_count,
+    results = {**stamp(), "gpu": props.name, "sm_count": props.multi_processor_count,
                "gpu_memory_gb": props.total_memory / 1e9, "torch": torch.__version__, "triton": triton.__version__,
                "python": platform.python_version(), "table_digest_ok": table_digest() == TABLE_SHA256, "errors": {}}
     out = Path(args.json)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from esvllm.model_shapes import QWEN25_SHAPES as SHAPES  # noqa: F401 (the sizes on offer)
 from esvllm.model_shapes import qwen2_tensors
+from benchmarks.provenance import stamp
 
 
 def timed(fn, device: str, repeats: int) -> float:
@@ -181,7 +182,7 @@ def main(argv=None) -> dict:
         parser.error("--device cuda: torch sees no CUDA GPU here; use --device cpu")
     bandwidth = copy_bandwidth(args.device, args.repeats, args.copy_elements)
     results = {
-        "date": time.strftime("%Y-%m-%d"), "device": args.device, "dtype": args.dtype, "population": args.population,
+        **stamp(), "device": args.device, "dtype": args.dtype, "population": args.population,
         "device_name": torch.cuda.get_device_name(0) if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads",
         "bandwidth": bandwidth, "sizes": [],
     }

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from benchmarks.es import Bench, breakdown, start_pool
+from benchmarks.provenance import stamp
 
 SHAPES = {"2x100": (2, 100), "16x32": (16, 32)}  # the paper's conciseness shape, and a 16-prompt one
 
@@ -178,7 +179,7 @@ def main(argv=None) -> list[dict]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     date = time.strftime("%Y-%m-%d")
-    figures = {"date": date, "rows": rows, "antithetic_efficiency": anti and {"date": date, **anti}}
+    figures = {**stamp(), "rows": rows, "antithetic_efficiency": anti and {"date": date, **anti}}
     if not args.shapes and (out / "lowrank.json").is_file():  # keep the rows (and their date) measured before
         previous = json.loads((out / "lowrank.json").read_text())
         figures.update(date=previous["date"], rows=previous["rows"])

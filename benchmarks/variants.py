@@ -1,6 +1,6 @@
 """`make bench-variants`: ES options and low-rank mode on the demo task, same budget, several seeds.
 
-    python -m benchmarks.variants                                  # the README's five variants, seeds 1 2 3
+    python -m benchmarks.variants                                  # the five variants of docs/usage/es-options.md, seeds 1 2 3
     python -m benchmarks.variants --variants default antithetic --seeds 1 --iterations 40
 
 Each variant is the demo experiment (experiments/demo.toml: the pre-trained `adder`, addition problems,
@@ -18,6 +18,8 @@ import json
 import statistics
 import time
 from pathlib import Path
+
+from benchmarks.provenance import stamp
 
 VARIANTS = {
     "default": [],  # the paper's: z-scores, plain step, i.i.d. full-rank noise
@@ -37,7 +39,7 @@ VARIANTS = {
     "fixed_128": ["--data_sample", "128"],
 }
 
-REPORT = ["default", "antithetic", "centered_rank", "centered_rank_alpha_x3.4", "adam"]  # the README's comparison
+REPORT = ["default", "antithetic", "centered_rank", "centered_rank_alpha_x3.4", "adam"]  # the comparison in docs/usage/es-options.md
 
 
 def finished_run(argv: list[str], runs: Path) -> Path | None:
@@ -141,7 +143,7 @@ def main(argv=None) -> dict:
                          for seed in args.seeds]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "variants.json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "settings": vars(args),
+    (out / "variants.json").write_text(json.dumps({**stamp(), "settings": vars(args),
                                                     "flags": VARIANTS, "results": results}, indent=2))
     text = table(results)
     (out / "variants.md").write_text(text + "\n")

@@ -34,6 +34,8 @@ def check_environment(config: RunConfig) -> None:
         check_writable(Path(config.resume) if config.resume else Path(config.output_dir))
     if config.dry_run and config.gpu_memory_gb:  # planning for GPUs this machine may not have
         return
+    if config.ray_address:  # the cluster's GPUs and cores, not this node's: Ray places the engines, and
+        return           # a placement it cannot make names the cluster's resources (engines.pool)
     if config.resolved_device == "cuda":
         check_gpu_ids(config.cuda_devices, config.gpu_ids or list(range(config.num_engines * config.tensor_parallel_size)))
     else:

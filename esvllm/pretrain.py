@@ -2,7 +2,7 @@
 
 The demo needs a base model that already does its task sometimes, so that ES has something to
 improve and held-out accuracy can show it. The demo's corpus writes most two-digit sums as sentences
-("45."), a convention the task's bare-number answer does not share (the README's demo section says
+("45."), a convention the task's bare-number answer does not share (docs/demo.md says
 why). `pretrain` trains a freshly initialised Qwen2 with plain next-token cross-entropy on
 "prompt + answer + <eos>" (loss on the answer and <eos> only), AdamW, fixed seed, one CPU thread: the
 same bits on every build on a machine.

@@ -76,7 +76,7 @@ def kernel() -> Kernel:
     chosen = chosen or Kernel(REFERENCE, None, tuple(refused))
     if refused:
         reasons = "; ".join(f"level {name} refused: {why}" for name, why in refused)
-        logger.warning("CPU %s: %s; using level %s (same values; see the README's kernel section)",
+        logger.warning("CPU %s: %s; using level %s (same values; see docs/design/noise.md)",
                        cpu_model(), reasons, chosen.level)
     return chosen
 

@@ -4,7 +4,7 @@ compiled with the system C compiler and called through ctypes (which releases th
 a process uses is kernels.cpu's choice.
 
 The C source is built for named instruction-set levels, never for "this machine" (-march=native
-gave wrong noise on AVX-512 processors: a compiler defect, see the README's kernel section):
+gave wrong noise on AVX-512 processors: a compiler defect, see docs/design/noise.md):
 
     avx2      x86-64 with AVX2 and FMA: Philox and the table map on 8 lanes in intrinsics
     portable  plain C, any processor (aarch64 too)

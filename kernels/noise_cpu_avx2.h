@@ -59,7 +59,7 @@ static inline __m256 to_normal8(__m256i u, const uint64_t *pairs) {
      * below 2**23 and so exact; an exact conversion's exponent is floor(log2). */
     /* The masks are used as they come from the compare, never inverted: GCC 12 with AVX-512VL
      * miscompiled blendv(t, high, xor(cmpeq(high, 0), -1)) into blendv(t, high, cmpeq(high, 0)),
-     * dropping the inversion without swapping the operands (see the README's kernel section). */
+     * dropping the inversion without swapping the operands (see docs/design/noise.md). */
     __m256i high = _mm256_srli_epi32(t, 8);
     __m256i no_high = _mm256_cmpeq_epi32(high, zero);
     __m256i v = _mm256_blendv_epi8(high, t, no_high);

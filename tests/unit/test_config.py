@@ -153,6 +153,20 @@ def test_the_cuda_devices_given_to_esvllm_eval_are_the_gpus_its_ray_sees(recorde
     assert recorded_ray == {"visible": "6,7", "num_gpus": 2, "address": "local"}
 
 
+def test_a_run_joining_a_cluster_may_want_more_gpus_than_this_node_has(recorded_ray, tmp_path):
+    """Four nodes of 8 GPUs: 32 engines from the head node, which has 8 (the multi-node recipe)."""
+    from esvllm.run import main
+
+    with pytest.raises(RayStarted):
+        main(["--model_name", "tiny", "--task", "conciseness", "--cuda_devices", ",".join(map(str, range(32))),
+              "--ray_address", "10.0.0.1:6379", "--engine", "fake", "--max_tokens", "12", "--gpu_memory_gb", "80",
+              "--population_size", "32", "--num_iterations", "1", "--output_dir", str(tmp_path)])
+    assert recorded_ray == {"visible": None, "num_gpus": None, "address": "10.0.0.1:6379"}
+    with pytest.raises(SystemExit, match="GPUs \\[8, 9"):  # without the cluster the same ids are refused
+        main(["--model_name", "tiny", "--task", "conciseness", "--cuda_devices", ",".join(map(str, range(32))),
+              "--engine", "fake", "--max_tokens", "12", "--population_size", "32", "--output_dir", str(tmp_path)])
+
+
 def test_esvllm_eval_starts_its_engines_without_an_es_state(monkeypatch, tmp_path):
     """Evaluation only generates: no fp32 master (a 7B one is 28 GiB), the GPU's memory is vLLM's."""
     from engines.pool import EnginePool
