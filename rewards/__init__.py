@@ -17,8 +17,9 @@ from rewards.math import math_reward
 RewardFn = Callable[[str, dict], "float | dict"]
 REWARDS: dict[str, RewardFn] = {}
 # A Python callable given to esvllm.train: named by its import path when it has one (any process can
-# import it, so the run resumes from the command line too), else registered in this process only.
+# import it, so the run resumes from the command line too), else kept in this process only.
 CALLABLE_PREFIX = "python:"
+CALLABLES: dict[str, RewardFn] = {}
 
 
 def register(name: str, fn: RewardFn) -> None:
@@ -31,6 +32,8 @@ def resolve_reward(spec: str) -> RewardFn:
     """A registered name, or `package.module:function`; errors name the spec and the choices."""
     if spec in REWARDS:
         return REWARDS[spec]
+    if spec in CALLABLES:
+        return CALLABLES[spec]
     if spec.startswith(CALLABLE_PREFIX):
         raise ValueError(f"reward {spec!r} was a Python callable given to esvllm.train; it lives only in that "
                          f"process: resume with esvllm.train(resume=RUN_DIR, reward=<the function>)")
@@ -61,7 +64,7 @@ def spec_of_callable(fn: RewardFn) -> str:
         if found is fn:
             return f"{module}:{name}"
     spec = CALLABLE_PREFIX + (name or type(fn).__name__)
-    REWARDS[spec] = fn  # the latest callable of that name wins: a notebook redefines its reward
+    CALLABLES[spec] = fn  # the latest callable of that name wins: a notebook redefines its reward
     return spec
 
 
@@ -73,7 +76,7 @@ def portable(spec: str):
     from ray import cloudpickle
 
     try:
-        return cloudpickle.dumps(REWARDS[spec])
+        return cloudpickle.dumps(CALLABLES[spec])
     except Exception as exc:  # noqa: BLE001 - whatever stops pickling, say which reward and the way out
         raise ValueError(f"reward {spec!r} cannot be sent to reward worker processes (--reward_timeout) "
                          f"({type(exc).__name__}: {exc}); define it at module level or drop reward_timeout") from None

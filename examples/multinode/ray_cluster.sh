@@ -9,7 +9,8 @@
 #
 # Settings (environment): WORKERS (other nodes' ssh names; empty: this node only), GPUS_PER_NODE
 # (default: what nvidia-smi lists), CPUS_PER_NODE (default: all cores), HEAD_IP (default: this
-# node's first address), PORT (6379), PYTHON (.venv/bin/python). The Ray servers listen on HEAD_IP:
+# node's first address), PORT (6379), PYTHON (.venv/bin/python), JOIN_TIMEOUT (300 s for every node
+# to join). The Ray servers listen on HEAD_IP:
 # pick an address on the cluster's private network, never a public one. Every Ray process of the
 # cluster checks Ray's token (RAY_AUTH_MODE=token): a random one in .ray-cluster/auth_token (mode
 # 600, in the checkout every node sees), or the file RAY_AUTH_TOKEN_PATH names.
@@ -56,23 +57,23 @@ for node in $WORKERS; do
 done
 
 # Wait until every node has joined (a run started earlier would see too few GPUs and wait for them).
-"$PYTHON" - "$HEAD_IP:$PORT" "$NODES" <<'PY'
+"$PYTHON" - "$HEAD_IP:$PORT" "$NODES" "${JOIN_TIMEOUT:-300}" <<'PY'
 import sys, time
 import ray
 
-address, nodes = sys.argv[1], int(sys.argv[2])
-deadline = time.monotonic() + 300
+address, nodes, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+deadline = time.monotonic() + timeout
 while True:
     try:
         ray.init(address=address, logging_level="ERROR", log_to_driver=False)
         break
     except ConnectionError:
         if time.monotonic() > deadline:
-            sys.exit(f"no Ray head at {address} after 300 s")
+            sys.exit(f"no Ray head at {address} after {timeout:.0f} s")
         time.sleep(2)
 while len([n for n in ray.nodes() if n["Alive"]]) < nodes:
     if time.monotonic() > deadline:
-        sys.exit(f"only {len([n for n in ray.nodes() if n['Alive']])} of {nodes} nodes joined {address} in 300 s")
+        sys.exit(f"only {len([n for n in ray.nodes() if n['Alive']])} of {nodes} nodes joined {address} in {timeout:.0f} s")
     time.sleep(2)
 print(f"Ray cluster at {address}: {nodes} node(s), {ray.cluster_resources().get('GPU', 0):.0f} GPUs, "
       f"{ray.cluster_resources().get('CPU', 0):.0f} CPUs", flush=True)

@@ -1,5 +1,7 @@
 """examples/custom_reward.py as a user runs it: a closure reward on the demo model through esvllm.train,
-on real vLLM engines; every held-out record's reward is the example's reward of that completion."""
+on real vLLM engines; every held-out record's reward is the example's reward of that completion.
+Its first evaluation (the base model on the first 128 problems of the demo's held-out pool) also
+shows where the demo's model, `adder`, starts."""
 
 import json
 import runpy
@@ -13,20 +15,30 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "custom_reward.py"
 
 
-def test_the_custom_reward_example_trains_and_scores_with_its_own_reward(tmp_path):
-    done = subprocess.run([sys.executable, str(EXAMPLE), "--iterations", "2", "--output_dir", str(tmp_path)],
+@pytest.fixture(scope="module")
+def example_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("example")
+    done = subprocess.run([sys.executable, str(EXAMPLE), "--iterations", "2", "--output_dir", str(out)],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "held-out after 2 iterations: reward" in done.stdout, done.stdout[-2000:]
-    (run_dir,) = [p for p in tmp_path.iterdir() if p.name != "data"]
+    (run_dir,) = [p for p in out.iterdir() if p.name != "data"]
+    return done.stdout, run_dir
+
+
+def eval_rows(run_dir, iteration):
+    return [json.loads(line) for line in (run_dir / "eval" / f"iter_{iteration:06d}.jsonl").read_text().splitlines()]
+
+
+def test_the_custom_reward_example_trains_and_scores_with_its_own_reward(example_run):
+    stdout, run_dir = example_run
+    assert "held-out after 2 iterations: reward" in stdout, stdout[-2000:]
     assert (run_dir / "final" / "model.safetensors").stat().st_size > 0
     reward = runpy.run_path(str(EXAMPLE))["sum_alone"](partial=0.3)
     evals = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
     assert [e["iteration"] for e in evals] == [0, 2]
     records = {}
     for summary in evals:
-        rows = [json.loads(line) for line in
-                (run_dir / "eval" / f"iter_{summary['iteration']:06d}.jsonl").read_text().splitlines()]
+        rows = eval_rows(run_dir, summary["iteration"])
         assert len(rows) == summary["samples"] == 128
         for row in rows:  # every record, not only the last
             assert {k: row[k] for k in ("reward", "answer", "sum")} == reward(row["completion"], row["sample"])
@@ -37,3 +49,13 @@ def test_the_custom_reward_example_trains_and_scores_with_its_own_reward(tmp_pat
     # the base model's habit the reward is about: right sums with a trailing period (partial credit)
     assert {0.3, 0.0} <= {row["reward"] for row in records[0]}
     assert (run_dir / "rewards.png").stat().st_size > 0
+
+
+def test_the_adder_starts_between_5_and_50_percent_and_its_format_holds_it_back(example_run):
+    rows = eval_rows(example_run[1], 0)  # the base model
+    accuracy, sum_rate = (sum(r[k] for r in rows) / len(rows) for k in ("answer", "sum"))
+    assert 0.05 <= accuracy <= 0.5, accuracy
+    # Its sums are right far more often than its answers: most right sums carry the corpus's period.
+    assert sum_rate >= accuracy + 0.2, (sum_rate, accuracy)
+    periods = [r for r in rows if r["completion"].endswith(".")]
+    assert periods and all(len(r["completion"]) == 3 for r in periods)  # two digits and the period

@@ -1,7 +1,7 @@
 """Runs on real vLLM engines survive what goes wrong: a killed coordinator, a dead engine, a hung
 reward, SIGTERM, bad disks.
 
-Each disturbed run is compared with the undisturbed run of the same arguments (tests.test_training).
+Each disturbed run is compared with the undisturbed run of the same arguments (tests/engine/test_training.py).
 The other engine-death cases run on fake engines in tests/test_recovery.py.
 """
 
@@ -58,30 +58,11 @@ def descendants(pid):
         return []
 
 
-def test_resume_after_sigkill_mid_iteration_is_bit_identical(first_run, tmp_path, ray_session):
-    process = start_run(tmp_path, "--save_every", "1", hold_after_iterations=2)
-    run_dir = wait_for_iterations(tmp_path, 2, process)
-    children = descendants(process.pid)
-    process.kill()  # SIGKILL: no handler runs; iteration 2 is in flight
-    process.wait()
-    for child in children:  # its private Ray would linger as orphans
-        try:
-            child.kill()
-        except psutil.NoSuchProcess:
-            pass
-    assert not (run_dir / "final").exists()
-    resumed = main(["--resume", str(run_dir)])
-    records = read_metrics(resumed)
-    assert [r["iteration"] for r in records] == [0, 1, 2]  # each iteration exactly once
-    assert without_timing(records) == [
-        {k: v for k, v in r.items() if k != "eval"} for r in without_timing(read_metrics(first_run))
-    ]
-    assert same_weights(final_weights(resumed), final_weights(first_run))
-
-
 def test_sigterm_to_the_process_group_resumes_bit_identical_and_leaves_no_process(first_run, tmp_path):
     """A scheduler's SIGTERM to the whole group (Ray's and vLLM's processes included) on real vLLM
-    engines mid-run; tests/ray/test_interrupts.py covers SIGINT and SIGTERM at every stage on fake engines."""
+    engines mid-run, and the resume from its checkpoint on real engines; tests/ray/test_interrupts.py
+    covers SIGINT and SIGTERM at every stage on fake engines, and tests/ray/test_failures_fake.py a
+    SIGKILL (no handler runs) and its resume."""
     signum = signal.SIGTERM
     process = start_run(tmp_path, "--save_every", "1", hold_after_iterations=1, start_new_session=True,
                         preexec_fn=terminal_signals)
@@ -98,6 +79,7 @@ def test_sigterm_to_the_process_group_resumes_bit_identical_and_leaves_no_proces
     left = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert not left, [" ".join(c.cmdline())[:100] for c in left]
     resumed = main(["--resume", str(run_dir)])
+    assert [r["iteration"] for r in read_metrics(resumed)] == [0, 1, 2]  # each iteration exactly once
     assert without_timing(read_metrics(resumed)) == [
         {k: v for k, v in r.items() if k != "eval"} for r in without_timing(read_metrics(first_run))
     ]

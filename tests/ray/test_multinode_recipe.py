@@ -4,6 +4,7 @@
 
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -41,12 +42,17 @@ def test_the_slurm_recipe_runs_through_the_cluster_it_starts_and_stops_it(tmp_pa
     env = {**os.environ, "PATH": f"{shims}:{os.environ['PATH']}", "SLURM_JOB_ID": "1", "SLURM_JOB_NODELIST": "localhost",
            "SLURM_CPUS_PER_TASK": "2", "SLURM_SUBMIT_DIR": str(ROOT), "PYTHON": sys.executable,
            "HEAD_IP": "127.0.0.1", "PORT": str(port), "RAY_AUTH_TOKEN_PATH": str(token),
-           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # keep the test's Ray on loopback
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "JOIN_TIMEOUT": "60"}  # the test's Ray on loopback
     flags = [a for a in FAKE if a not in ("--num_engines", "2")]
-    done = subprocess.run(["bash", str(ROOT / "examples" / "multinode" / "slurm.sbatch"), *flags,
-                           "--output_dir", str(tmp_path / "runs")], env=env, capture_output=True, text=True, timeout=300)
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output[-3000:]
+    recipe = subprocess.Popen(["bash", str(ROOT / "examples" / "multinode" / "slurm.sbatch"), *flags,
+                               "--output_dir", str(tmp_path / "runs")], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = recipe.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(recipe.pid, signal.SIGTERM)  # its trap stops the cluster it started
+        raise AssertionError(recipe.communicate(timeout=60)[0][-3000:]) from None
+    assert recipe.returncode == 0, output[-3000:]
     assert f"Ray cluster at 127.0.0.1:{port}: 1 node(s), 0 GPUs, 2 CPUs" in output, output[-3000:]
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert json.loads((run_dir / "config.json").read_text())["ray_address"] == f"127.0.0.1:{port}"

@@ -11,7 +11,7 @@ import pytest
 
 import esvllm
 from esvllm.run import parser
-from rewards import resolve_reward, spec_of_callable
+from rewards import REWARDS, resolve_reward, spec_of_callable
 from rewards.addition import addition_reward
 from rewards.data import task_splits
 from tests.unit.test_config import BAD_CONFIGS, fails_with
@@ -63,6 +63,7 @@ def test_a_module_level_reward_is_named_by_its_import_path_and_a_closure_lives_i
     closure = make_closure(0.5)
     spec = spec_of_callable(closure)
     assert spec.startswith("python:") and resolve_reward(spec) is closure
+    assert spec not in REWARDS  # the names the errors list (and the reward tests cover) stay the built-in ones
     with pytest.raises(ValueError, match="resume with esvllm.train"):
         resolve_reward("python:a_reward_of_another_process")
 
