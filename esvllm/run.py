@@ -260,7 +260,12 @@ def report(run_dir: Path) -> None:
 
 
 def cli() -> None:
-    """`python -m esvllm.run`: main, with Ctrl-C before training starts (imports, checks) said in one line."""
+    """`python -m esvllm.run`: main, with Ctrl-C or SIGTERM before training starts (imports, checks)
+    said in one line. (SIGTERM's default action would end the process without a word.)"""
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
     try:
         main()
     except KeyboardInterrupt:

@@ -75,6 +75,7 @@ def test_an_interrupt_at_each_stage_resumes_to_the_uninterrupted_result(uninterr
     signalled = time.monotonic()
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 130, output[-3000:]
+    assert time.monotonic() - signalled < 10, output[-3000:]  # within a scheduler's grace period
     assert "Traceback" not in output, output[-3000:]
     hint = re.search(r"--resume (\S+) (?:replays the update log and )?continues at iteration (\d+)", output)
     assert hint, output[-3000:]
@@ -89,3 +90,32 @@ def test_an_interrupt_at_each_stage_resumes_to_the_uninterrupted_result(uninterr
     resumed = main(["--resume", run_dir])
     assert without_timing(read_metrics(resumed)) == without_timing(read_metrics(uninterrupted))
     assert same_weights(final_weights(resumed), final_weights(uninterrupted))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupt_while_the_data_is_read_says_nothing_was_saved(tmp_path, signum):
+    """Before any engine: the run is reading its --data, a FIFO that the test holds open and empty."""
+    data = tmp_path / "rows.jsonl"
+    os.mkfifo(data)
+    output_dir = tmp_path / "runs"
+    process = subprocess.Popen([sys.executable, "-m", "esvllm.run", *RUN, "--data", str(data), "--output_dir",
+                                str(output_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True, preexec_fn=terminal_signals)
+    deadline = time.monotonic() + 120
+    while True:  # a writer can open the FIFO once the run has opened it for reading
+        try:
+            writer = os.open(data, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError:
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0][-3000:]
+            time.sleep(0.05)
+    try:
+        os.killpg(process.pid, signum)
+        signalled = time.monotonic()
+        output, _ = process.communicate(timeout=60)
+    finally:
+        os.close(writer)
+    assert process.returncode == 130 and time.monotonic() - signalled < 10, output[-3000:]
+    assert "interrupted before the run started: nothing was saved" in output and "Traceback" not in output, output
+    assert not output_dir.exists() or not any(output_dir.iterdir())  # no run directory, nothing written
+    assert not group_processes(process.pid)
