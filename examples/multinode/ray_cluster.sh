@@ -10,10 +10,11 @@
 # Settings (environment): WORKERS (other nodes' ssh names; empty: this node only), GPUS_PER_NODE
 # (default: what nvidia-smi lists), CPUS_PER_NODE (default: all cores), HEAD_IP (default: this
 # node's first address), PORT (6379), PYTHON (.venv/bin/python), JOIN_TIMEOUT (300 s for every node
-# to join). The Ray servers listen on HEAD_IP:
-# pick an address on the cluster's private network, never a public one. Every Ray process of the
-# cluster checks Ray's token (RAY_AUTH_MODE=token): a random one in .ray-cluster/auth_token (mode
-# 600, in the checkout every node sees), or the file RAY_AUTH_TOKEN_PATH names.
+# to join). HEAD_IP is the address the nodes reach the head at; Ray's servers (the head's GCS on
+# PORT, each node's raylet) listen on every interface of their node (seen with Ray 2.60), so run the
+# cluster on a private network or behind a firewall. Every Ray process of the cluster checks Ray's
+# token (RAY_AUTH_MODE=token): a random one in .ray-cluster/auth_token (mode 600, in the checkout
+# every node sees), or the file RAY_AUTH_TOKEN_PATH names.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
