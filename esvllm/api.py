@@ -74,10 +74,11 @@ def train(model: str | Path | None = None, reward: str | Callable | None = None,
     if reward is not None:
         given["reward"] = reward if isinstance(reward, str) else reward_spec(reward)
     output_dir = Path(given.get("output_dir") or (config.output_dir if config is not None else RunConfig.output_dir))
-    if train_data is not None:
-        given["data"] = train_data if isinstance(train_data, str) else write_rows(train_data, output_dir, "train")
-        if not isinstance(train_data, str) and "data_sample" not in options:
-            given["data_sample"] = len(Path(given["data"]).read_text().splitlines())
+    if isinstance(train_data, str):
+        given["data"] = train_data
+    elif train_data is not None:
+        given["data"], rows = write_rows(train_data, output_dir, "train")
+        given.setdefault("data_sample", rows)  # every row trains
     if eval_data is not None:
         given["eval_data"] = eval_specs(eval_data, output_dir)
     from esvllm.run import settings_with
@@ -132,15 +133,15 @@ def eval_specs(eval_data, output_dir: Path) -> list[str]:
     if isinstance(eval_data, str):
         return [eval_data]
     if isinstance(eval_data, Mapping):
-        return [f"{name}={write_rows(rows, output_dir, name)}" for name, rows in eval_data.items()]
+        return [f"{name}={write_rows(rows, output_dir, name)[0]}" for name, rows in eval_data.items()]
     rows = list(eval_data)
     if rows and all(isinstance(r, str) for r in rows):  # files, as --eval_data takes them
         return rows
-    return [f"heldout={write_rows(rows, output_dir, 'heldout')}"]
+    return [f"heldout={write_rows(rows, output_dir, 'heldout')[0]}"]
 
 
-def write_rows(rows: Rows, output_dir: Path, name: str) -> str:
-    """Rows as a JSONL file named after their content (the same rows, the same file)."""
+def write_rows(rows: Rows, output_dir: Path, name: str) -> tuple[str, int]:
+    """(path, row count): rows as a JSONL file named after their content (the same rows, the same file)."""
     from esvllm.runlog import write_atomic
 
     lines = []
@@ -159,7 +160,7 @@ def write_rows(rows: Rows, output_dir: Path, name: str) -> str:
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, text)
-    return str(path)
+    return str(path), len(lines)
 
 
 def _plain(value):

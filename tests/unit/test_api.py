@@ -54,6 +54,27 @@ def test_a_row_that_is_not_a_dict_is_named():
         esvllm.train(train_data=[{"prompt": "1+1="}, "2+2="], dry_run=True)
 
 
+def _train_in_a_spawned_child(errors) -> None:
+    try:
+        esvllm.train(dry_run=True)
+    except RuntimeError as exc:
+        errors.put(str(exc))
+    else:
+        errors.put("no error")
+
+
+def test_a_call_from_a_spawned_worker_says_to_guard_the_script():
+    """What a script without `if __name__ == "__main__":` does in each spawned reward worker."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    errors = context.Queue()
+    child = context.Process(target=_train_in_a_spawned_child, args=(errors,))
+    child.start()
+    child.join(timeout=120)
+    assert 'under `if __name__ == "__main__":`' in errors.get(timeout=5)
+
+
 def make_closure(offset: float):
     return lambda completion, sample: len(completion) + offset
 
