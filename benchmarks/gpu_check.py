@@ -13,7 +13,10 @@ Runs where vLLM, Ray and a package registry are missing (a bare GPU machine), in
 4. the low-rank draw and merge (kernels.lowrank) on the 0.5B shapes;
 5. the memory plan's other terms against the allocator: LoRA-shaped slot buffers (the 0.5B and 7B
    shapes, vLLM's layout), an Adam step on the largest 7B tensor and a rank-64 low-rank update of
-   32 members; the ES options with bf16 weights and an fp32 master; a strided tensor refused.
+   32 members; the ES options with bf16 weights and an fp32 master; a strided tensor refused;
+6. the whole loop without Ray or vLLM (benchmarks.gpu_loop): three iterations of `esvllm.run --engine
+   hf --in_process` on a Qwen2.5-0.5B-shaped bf16 checkpoint, checkpoint, resume bit for bit, export,
+   `esvllm.eval` of the export.
 Prints a summary table last and writes every figure to one JSON file.
 """
 
@@ -22,12 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import tempfile
 import time
 import traceback
 from pathlib import Path
 
 import torch
 
+from benchmarks import gpu_loop
 from benchmarks.gpu_memory import memory_figure, plan_terms
 from benchmarks.kernels import bench_size, copy_bandwidth, timed
 from engines.es_state import ESState
@@ -229,6 +234,8 @@ def main(argv=None) -> dict:
     section("options", lambda: options_on_cuda(device))
     section("options_bf16", lambda: options_with_bf16_weights(device))
     section("plan_terms", lambda: plan_terms(device))
+    section("loop", lambda: gpu_loop.main(["--device", device, "--size", "0.5B",
+                                           "--out", tempfile.mkdtemp(prefix="esvllm-gpu-loop-")]))
     results["seconds"] = time.perf_counter() - started
     out.write_text(json.dumps(results, indent=2))
     print(summary(results))
@@ -271,6 +278,12 @@ def summary(r: dict) -> str:
         if isinstance(v, dict):
             lines.append(f"plan {name}: planned {v['planned_bytes'] / 1e9:.2f} GB, allocated {v['measured_bytes'] / 1e9:.2f} GB")
     lines.append(f"strided tensor refused by the Triton kernels: {r['plan_terms']['strided_refused']}")
+    loop = r["loop"]
+    lines.append(f"loop (--engine hf --in_process, 0.5B shape, {'/'.join(loop['final_dtypes'])}): {loop['iterations']} "
+                 f"iterations in {loop['seconds_first_run']:.0f} s, checkpoints {len(loop['checkpoints'])}, resumed "
+                 f"metrics equal {loop['resumed_metrics_equal']}, weights bit-identical "
+                 f"{loop['resumed_weights_bit_identical']}, {loop['tensors_changed']}/{loop['tensors']} tensors moved, "
+                 f"eval of final/ = in-loop eval {loop['eval_equals_in_loop_eval']}")
     lines.append(f"total {r['seconds']:.0f} s")
     return "\n".join(lines)
 

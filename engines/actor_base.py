@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 
@@ -13,11 +14,11 @@ class EngineActorBase:
     info: dict
 
     def describe(self, index: int, started: float, **extra) -> None:
-        import ray
-
-        context = ray.get_runtime_context()
+        ray = sys.modules.get("ray")  # an actor's process has it; an in-process engine (engines.local) may not
+        context = ray.get_runtime_context() if ray is not None and ray.is_initialized() else None
         self.info.update(index=index, pid=os.getpid(), start_s=time.perf_counter() - started,
-                         node_id=context.get_node_id(), actor_name=context.get_actor_name(), **extra)
+                         node_id=context.get_node_id() if context else None,
+                         actor_name=context.get_actor_name() if context else None, **extra)
 
     def ready(self) -> dict:
         return self.info

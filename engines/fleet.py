@@ -66,8 +66,6 @@ class Fleet:
         """Run each job (engines.variant.Job) on the next free engine (at most `depth` queued on one) and
         call `on_result(i, result)` as job i finishes. A dead engine's jobs go back in the queue and a
         replacement starts; raises NoEngineLeft when no engine is left. `poll` runs at least every 50 ms."""
-        import ray
-
         queue = deque(range(len(jobs)))
         pending: dict = {}  # ObjectRef -> Running | Starting
 
@@ -81,7 +79,7 @@ class Fleet:
         for engine in self.engines:
             feed(engine)
         while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.05 if poll else None)
+            ready = self.pool.wait_any(list(pending), timeout=0.05 if poll else None)
             if poll:
                 poll()
             if not ready:

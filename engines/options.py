@@ -45,6 +45,7 @@ class EngineOptions:
     lowrank_slots: int  # low-rank mode: members an engine serves at once as LoRA adapters (0: off)
     lowrank_rank: int
     seed: int
+    in_process: bool = False  # one engine in the driver's process, no Ray (engines.local)
     max_num_seqs: int = VLLM_MAX_NUM_SEQS
     die_on_call: dict[int, tuple] | None = None  # fake backend only: index -> (method or None, k-th call)
 
@@ -58,7 +59,7 @@ class EngineOptions:
                    noise_cache_mb=config.noise_cache_mb, max_model_len=config.max_model_len,
                    gpu_memory_utilization=share, tensor_parallel_size=config.tensor_parallel_size,
                    noise_mode=config.noise, es_state=True, lowrank_slots=variant.lowrank_slots,
-                   lowrank_rank=config.rank, seed=config.global_seed,
+                   lowrank_rank=config.rank, seed=config.global_seed, in_process=config.in_process,
                    die_on_call=fake_faults_from_env() if config.engine == "fake" else None)
 
     @classmethod
@@ -69,7 +70,7 @@ class EngineOptions:
                    cuda_devices=gpus or None, dtype=config.precision, master_dtype="float32", noise_cache_mb=0,
                    max_model_len=config.max_model_len, gpu_memory_utilization=EVAL_GPU_SHARE,
                    tensor_parallel_size=1, noise_mode="iid", es_state=False, lowrank_slots=0, lowrank_rank=1,
-                   seed=config.global_seed)
+                   seed=config.global_seed, in_process=config.in_process)
 
     def model_dtype(self) -> str:
         if self.dtype != "auto":

@@ -90,6 +90,15 @@ class EngineHandle:
         return self.call("generate", list(prompts), dict(sampling))
 
 
+def start_engines(model_path: str, options: EngineOptions, ray_address: str | None = None):
+    """The run's engines: Ray actors (EnginePool), or with options.in_process one engine in this process."""
+    if options.in_process:
+        from engines.local import LocalPool
+
+        return LocalPool.start(model_path, options)
+    return EnginePool.start(model_path, options, ray_address)
+
+
 class EnginePool:
     """The engine actors of a run, one per placement-group bundle (one per GPU, or per CPU share)."""
 
@@ -136,6 +145,13 @@ class EnginePool:
             engine.info = engine.wait(engine.ready_ref)
             logger.info("engine %d ready in %.1fs: %s", engine.index, engine.info["start_s"], engine.info)
         return pool
+
+    @staticmethod
+    def wait_any(refs: list, timeout: float | None = None) -> list:
+        """The refs among `refs` that are ready: at least one, unless `timeout` passes first."""
+        import ray
+
+        return ray.wait(refs, num_returns=1, timeout=timeout)[0]
 
     def spawn(self, index: int, model_path: str | None = None) -> EngineHandle:
         """Create engine `index` in its bundle; `handle.ready_ref` resolves to its info when it is up."""

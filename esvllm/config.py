@@ -59,6 +59,19 @@ class DeviceChoice:
             bad("cuda_devices", self.cuda_devices, "GPU ids with --device cpu; drop one of the two")
         parse_gpu_ids(self.cuda_devices)
 
+    def check_in_process(self) -> None:
+        """--in_process: one engine of one device in this process, so no cluster and no second engine."""
+        if not self.in_process:
+            return
+        if len(self.gpu_ids) > 1:
+            bad("cuda_devices", self.cuda_devices, "--in_process runs one engine on one GPU: give one id")
+        if self.num_engines != 1:
+            bad("num_engines", self.num_engines, "--in_process runs one engine: use 1")
+        if getattr(self, "tensor_parallel_size", 1) > 1:
+            bad("tensor_parallel_size", self.tensor_parallel_size, "--in_process runs one engine on one device: use 1")
+        if getattr(self, "ray_address", None):
+            bad("ray_address", self.ray_address, "--in_process starts no Ray; drop one of the two")
+
     @property
     def resolved_device(self) -> str:
         if self.device != "auto":
@@ -140,6 +153,8 @@ class RunConfig(DeviceChoice):
     sync_check_every: int = field(1, "compare the engines' checksums (served weights and master) every K iterations (0: never)",
                                   at_least=0)
     ray_address: str | None = field(None, "join this Ray cluster; default: a private local one on 127.0.0.1")
+    in_process: bool = field(False, "one engine in this process, no Ray (a notebook, one GPU, a machine without Ray); "
+                                    "the same weights as the Ray run")
     # checkpoints and evaluation
     save_every: int = field(10, "checkpoint every K iterations (and at the end); 0: only at the end", at_least=0)
     keep_checkpoints: int = field(2, "checkpoints kept (older ones are pruned)", at_least=0)
@@ -158,6 +173,7 @@ class RunConfig(DeviceChoice):
     def validate(self) -> None:
         check_fields(self)
         self.check_devices()
+        self.check_in_process()
         if self.population_size < 2:
             bad("population_size", self.population_size, "needs at least 2 members to z-score rewards")
         for name in ("sigma", "alpha"):
@@ -246,6 +262,7 @@ class EvalConfig(DeviceChoice):
     global_seed: int = field(42, "seed of the built-in data")
     engine: str = field("vllm", "engine backend", one_of=tuple(BACKENDS))
     num_engines: int = field(1, "engines evaluating in parallel", at_least=1)
+    in_process: bool = field(False, "one engine in this process, no Ray")
     device: str = field("auto", "cpu, cuda, or auto (cuda when --cuda_devices is given)", one_of=DEVICES)
     cuda_devices: str | None = field(None, "comma-separated GPU ids, e.g. 0,1: one engine per id")
     precision: str = field("auto", "model dtype in vLLM", one_of=PRECISIONS)
@@ -258,6 +275,7 @@ class EvalConfig(DeviceChoice):
             bad("model", self.model, "name the checkpoint directory to evaluate")
         check_fields(self)
         self.check_devices()
+        self.check_in_process()
 
     @property
     def reward_spec(self) -> str:

@@ -153,10 +153,10 @@ def main(argv=None) -> dict:
         sys.exit(f"error: {exc}")
     from engines.fleet import Fleet
     from engines.options import EngineOptions
-    from engines.pool import EnginePool
+    from engines.pool import start_engines
     from engines.updatelog import UpdateLog
 
-    pool = EnginePool.start(model, EngineOptions.for_eval(config))  # generation only: no fp32 master
+    pool = start_engines(model, EngineOptions.for_eval(config))  # generation only: no fp32 master
     try:
         summary, rows = evaluator.run(Fleet(pool, UpdateLog()), samples)
     finally:

@@ -201,12 +201,15 @@ def write_checkpoint(spec: ModelSpec, path: Path) -> None:
     tokenizer.save_pretrained(path)
 
 
-def build_tokenizer():
-    """A character-level fast tokenizer: one token per character, decoding fuses them back."""
+def build_tokenizer(vocab_size: int | None = None):
+    """A character-level fast tokenizer: one token per character, decoding fuses them back. With
+    `vocab_size`, ids past the characters decode to words "[id]" (never produced by encoding), so a
+    random model of a released vocabulary generates text."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {tok: i for i, tok in enumerate(list(SPECIAL_TOKENS) + CHARACTERS)}
+    vocab.update({f"[{i}]": i for i in range(len(vocab), vocab_size or 0)})
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     core.decoder = decoders.Fuse()

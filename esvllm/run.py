@@ -107,7 +107,8 @@ def dry_run_summary(config: RunConfig, inputs: dict) -> dict:
     if config.resolved_device == "cuda":
         ids = config.gpu_ids or list(range(config.num_engines * config.tensor_parallel_size))
         engines = len(ids) // config.tensor_parallel_size
-        print(f"GPUs: {','.join(map(str, ids))} (CUDA_VISIBLE_DEVICES of the run's Ray): {engines} engine(s) of "
+        where = "this process, --in_process" if config.in_process else "the run's Ray"
+        print(f"GPUs: {','.join(map(str, ids))} (CUDA_VISIBLE_DEVICES of {where}): {engines} engine(s) of "
               f"{config.tensor_parallel_size} GPU(s)")
         summary["cuda_devices"] = ids
     if plan is not None:
@@ -154,11 +155,9 @@ def prepare_run(config: RunConfig, model_path: str):
 
 def train(config: RunConfig, inputs: dict | None = None) -> Path:
     """Start the engines, run (or resume) every iteration, export final/, stop engines and Ray."""
-    import ray
-
     from engines.fleet import Fleet
     from engines.options import EngineOptions
-    from engines.pool import EnginePool
+    from engines.pool import start_engines
     from engines.ray_node import exit_without_ray, private_ray_is_gone, start_ray
     from esvllm.coordinator import Coordinator
     from esvllm.eval import Evaluator
@@ -174,13 +173,14 @@ def train(config: RunConfig, inputs: dict | None = None) -> Path:
     print(f"run directory: {run_dir}" + (f" (resuming at iteration {start})" if config.resume else ""), flush=True)
 
     options = EngineOptions.from_config(config, inputs["plan"])
-    owns_ray = start_ray(options, config.ray_address, config.verbose)  # with the --cuda_devices ids
+    # With the --cuda_devices ids; --in_process runs without Ray.
+    owns_ray = not options.in_process and start_ray(options, config.ray_address, config.verbose)
     pool = coordinator = None
     ray_gone = False
     try:
         with interrupts_raise():
             started = time.perf_counter()
-            pool = EnginePool.start(weights[0], options, config.ray_address)
+            pool = start_engines(weights[0], options, config.ray_address)
             print(f"{len(pool.engines)} engine(s) ready in {time.perf_counter() - started:.1f}s", flush=True)
             write_atomic(run_dir / "engines.json", json.dumps([e.info for e in pool.engines], indent=2))
             warn_about_kernels(pool.engines)
@@ -217,6 +217,8 @@ def train(config: RunConfig, inputs: dict | None = None) -> Path:
         if pool is not None:
             pool.shutdown()
         if owns_ray:
+            import ray
+
             ray.shutdown()
     report(run_dir)
     return run_dir
@@ -255,7 +257,10 @@ def report(run_dir: Path) -> None:
     if summary:
         print(f"training reward, first {summary['window']} iterations: {summary['first']:.4f}; "
               f"last {summary['window']}: {summary['last']:.4f}; gain {summary['gain']:+.4f}")
-    print(f"curves: {plot_run(run_dir)}")
+    try:
+        print(f"curves: {plot_run(run_dir)}")
+    except ImportError as exc:  # a declared dependency; a bare GPU image may still lack it
+        print(f"curves: not drawn ({exc}; pip install matplotlib, then python -m esvllm.plot {run_dir})")
     print(f"TensorBoard logs: {run_dir}  (make tensorboard, or: tensorboard --logdir {run_dir} --host 127.0.0.1)")
 
 

@@ -4,6 +4,7 @@ with --wandb_project). Only the coordinator writes."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import time
@@ -42,13 +43,28 @@ class WandbLog:
         self.run.finish()
 
 
+class NoTensorBoard:
+    """Stands in for SummaryWriter where tensorboard is not installed (metrics.jsonl has everything)."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+def tensorboard_writer(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:  # a declared dependency; a bare GPU image may still lack it
+        logging.getLogger(__name__).warning("no TensorBoard logs (%s): pip install tensorboard; metrics.jsonl "
+                                            "has every figure", exc)
+        return NoTensorBoard()
+    return SummaryWriter(log_dir=str(run_dir))
+
+
 class RunLog:
     def __init__(self, run_dir: Path, config: dict, resumed_records: list[dict] | None = None,
                  wandb_project: str | None = None):
         """A new run directory, or (with `resumed_records`) an existing one whose metrics.jsonl is
         rewritten to exactly those records, dropping a partly written last line."""
-        from torch.utils.tensorboard import SummaryWriter
-
         self.run_dir = Path(run_dir)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         if resumed_records is None:
@@ -56,7 +72,7 @@ class RunLog:
             write_atomic(self.run_dir / "config.json", json.dumps(config, indent=2))
         else:
             write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in resumed_records))
-        self.writer = SummaryWriter(log_dir=str(self.run_dir))
+        self.writer = tensorboard_writer(self.run_dir)
         self.writer.add_text("config", "```\n" + json.dumps(config, indent=2) + "\n```", 0)
         self.wandb = WandbLog(wandb_project, self.run_dir, config) if wandb_project else None
 

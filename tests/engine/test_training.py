@@ -77,3 +77,21 @@ def test_checkpoints_and_the_best_model_are_written(first_run):
     assert "eval/reward" in events.Tags()["scalars"]
 
 
+
+
+def test_one_engine_in_this_process_trains_and_evaluates_as_the_ray_engines_do(first_run, tmp_path):
+    """--in_process: the vLLM engine in the driver's own process, no Ray actor; the weights of the
+    two-engine Ray run, and the same evaluation of its export."""
+    import os
+
+    from esvllm.eval import main as evaluate
+    from tests.helpers import EXTRAS, final_weights, run, same_weights, without_timing
+
+    alone = run(tmp_path, "in_process", [*EXTRAS, "--in_process", "--num_engines", "1"])
+    assert json.loads((alone / "engines.json").read_text())[0]["pid"] == os.getpid()
+    assert without_timing(read_metrics(alone)) == without_timing(read_metrics(first_run))
+    assert same_weights(final_weights(alone), final_weights(first_run))
+    standalone = evaluate(["--model", str(alone / "final"), "--task", "conciseness", "--data_sample", "6",
+                           "--test_size", "4", "--global_seed", "3", "--max_tokens", "12", "--max_model_len", "128",
+                           "--precision", "float32", "--in_process", "--output", str(tmp_path / "eval.jsonl")])
+    assert standalone == read_metrics(first_run)[-1]["eval"]

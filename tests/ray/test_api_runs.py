@@ -1,7 +1,11 @@
-"""One run reached three ways, bit for bit: `python -m esvllm.run` with the built-in data and the named
-reward; esvllm.train with the same data as rows and the reward as a closure; and the command line
-without the noise cache (every update draws all members' noise again). Fake engines hold the real
+"""One run reached four ways, bit for bit: `python -m esvllm.run` with the built-in data and the named
+reward; esvllm.train with the same data as rows and the reward as a closure; the command line
+without the noise cache (every update draws all members' noise again); and one engine in the
+driver's own process instead of two Ray actors (--in_process). Fake engines hold the real
 ES state and its noise cache (tests/engine/test_engine.py checks the cache on a vLLM engine)."""
+
+import json
+import os
 
 import pytest
 
@@ -44,3 +48,11 @@ def test_the_noise_cache_does_not_change_the_result(cli_run, tmp_path):
     drawn_again = run(tmp_path, "c", ["--noise_cache_mb", "0"], base=REFERENCE)
     assert without_timing(read_metrics(drawn_again)) == without_timing(read_metrics(cli_run))
     assert same_weights(final_weights(drawn_again), final_weights(cli_run))
+
+
+def test_one_engine_in_this_process_gives_the_two_ray_engines_result(cli_run, tmp_path):
+    alone = run(tmp_path, "alone", ["--in_process", "--num_engines", "1"], base=REFERENCE)
+    assert json.loads((alone / "engines.json").read_text())[0]["pid"] == os.getpid()  # no actor
+    assert json.loads((cli_run / "engines.json").read_text())[0]["pid"] != os.getpid()
+    assert without_timing(read_metrics(alone)) == without_timing(read_metrics(cli_run))
+    assert same_weights(final_weights(alone), final_weights(cli_run))
