@@ -49,6 +49,17 @@ class LoRASlots:
         missing = [n for n, t in self._master.items() if is_lowrank_target(n, t) and n not in self._lora_slices]
         if missing:
             raise ValueError(f"low-rank mode: no LoRA layer serves {missing[:3]}; this architecture is not supported")
+        # Llama and Qwen3 also get LoRA layers on embed_tokens and lm_head (vLLM's embedding_modules):
+        # members perturb the block linears only, so those adapters stay zero.
+        self._lora_slices = {n: v for n, v in self._lora_slices.items()
+                             if n in self._master and is_lowrank_target(n, self._master[n])}
+        served = {id(module) for module, _ in self._lora_slices.values()}
+        with torch.no_grad():
+            for module in adapters.modules.values():
+                if id(module) not in served:
+                    for buffer in (module.lora_a_stacked, module.lora_b_stacked):
+                        for t in buffer if isinstance(buffer, (tuple, list)) else (buffer,):
+                            t.zero_()
         self._lowrank_rank = rank
         return {"slots": slots, "lora_layers": len(self._lora_slices)}
 

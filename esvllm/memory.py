@@ -45,6 +45,7 @@ class ModelShape:
     head_dim: int
     qkv_bias: bool = True  # Qwen2's q/k/v biases; Llama and Qwen3 have none
     qk_norm: bool = False  # Qwen3's per-head q_norm/k_norm
+    embedding_lora: bool = False  # vLLM gives embed_tokens and lm_head LoRA layers too (Llama, Qwen3; not Qwen2)
 
     @classmethod
     def from_config(cls, config: dict) -> "ModelShape":
@@ -56,7 +57,8 @@ class ModelShape:
                        tied=bool(config.get("tie_word_embeddings", False)),
                        head_dim=config.get("head_dim") or config["hidden_size"] // heads,
                        qkv_bias=bool(config.get("attention_bias", config.get("model_type", "qwen2") == "qwen2")),
-                       qk_norm=config.get("model_type") == "qwen3")
+                       qk_norm=config.get("model_type") == "qwen3",
+                       embedding_lora=config.get("model_type", "qwen2") != "qwen2")
         except KeyError as exc:
             raise ValueError(f"config.json lacks {exc}: the memory plan needs a Qwen2/Llama-style config") from None
 
@@ -84,14 +86,16 @@ class ModelShape:
     def lora_elements_per_slot_rank(self, tp: int) -> int:
         """Elements of vLLM's LoRA buffers (A: rank x input, B: output x rank per slice) for one slot
         and rank 1, every block linear of every layer, on one GPU: column-parallel layers (qkv,
-        gate_up) keep A whole and shard B; row-parallel ones (o, down) shard A and keep B whole."""
+        gate_up) keep A whole and shard B; row-parallel ones (o, down) shard A and keep B whole.
+        Where vLLM wraps embed_tokens and lm_head too, each adds vocab + hidden (unused by ES: zeros)."""
         q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
         hidden, inter = self.hidden, self.intermediate
         qkv = 3 * hidden + (q + 2 * kv) // tp
         o = q // tp + hidden
         gate_up = 2 * hidden + 2 * inter // tp
         down = inter // tp + hidden
-        return self.layers * (qkv + o + gate_up + down)
+        embeddings = 2 * (self.vocab + hidden) if self.embedding_lora else 0
+        return self.layers * (qkv + o + gate_up + down) + embeddings
 
     def kv_bytes_per_token(self, dtype_bytes: int, tp: int) -> int:
         """K and V of one token in every layer, on one GPU (KV heads split, or replicated when fewer than T)."""

@@ -1,23 +1,49 @@
-"""The Llama 3 and Qwen3 families on real vLLM CPU engines (Qwen2 is tests/engine/test_engine.py):
-every HF tensor moves by sigma * eps and comes back exactly, and the exported model generates in
-transformers what the engine generates."""
+"""The Llama 3 and Qwen3 families on real vLLM CPU engines (Qwen2 is tests/engine/test_engine.py,
+test_tensor_parallel.py and test_lowrank.py): every HF tensor moves by sigma * eps and comes back
+exactly; a two-rank engine holds the one-rank weights bit for bit; each low-rank member served as a
+LoRA adapter generates what the dense engine with W + sigma * E generates; and the exported model
+generates in transformers and in a fresh vLLM engine what the engine generates."""
+
+import json
+from pathlib import Path
 
 import pytest
 import torch
 
+from engines.variant import lora_rank_for
+from esvllm.memory import ModelShape
 from esvllm.models import resolve_model
 from kernels import noise
 from tests.conftest import start_pool
 
 PROMPTS = ["12+7=", "hello world", "Using the numbers [3, 5, 7]"]
 GREEDY = {"temperature": 0.0, "max_tokens": 10}
+SAMPLING = {**GREEDY, "logprobs": 1}
+MEMBERS = [(1001, 1), (1002, 2), (1003, 3), (1004, 4)]  # (seed, LoRA slot)
+SIGMA, RANK = 0.05, 2
 
 
 @pytest.fixture(scope="module", params=["tiny-llama", "tiny-qwen3"])
 def family_engine(request, ray_session):
     pool = start_pool(resolve_model(request.param), num_engines=1)
+    pool.engines[0].model = resolve_model(request.param)
     yield pool.engines[0]
     pool.shutdown()
+
+
+@pytest.fixture(scope="module")
+def started_from_export(family_engine, tmp_path_factory):
+    """Start engines of other kinds from the family engine's current base weights (its export)."""
+    pools = []
+
+    def start(**overrides):
+        base = family_engine.export(str(tmp_path_factory.mktemp("family") / "base"))
+        pools.append(start_pool(base, num_engines=1, **overrides))
+        return pools[-1].engines[0]
+
+    yield start
+    for pool in pools:
+        pool.shutdown()
 
 
 def test_every_hf_tensor_moves_by_sigma_eps_and_restores_exactly(family_engine):
@@ -58,3 +84,43 @@ def test_the_export_generates_in_transformers_what_the_engine_generates(family_e
     master = engine.master_weights()
     exported = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).state_dict()
     assert all(torch.equal(exported[n], master[n]) for n in master)
+
+
+def test_two_ranks_hold_the_one_rank_weights_bit_for_bit(family_engine, started_from_export):
+    one = family_engine
+    two = started_from_export(tensor_parallel_size=2)  # a fresh engine loading the export
+    assert two.info["ranks"] == 2 and two.info["tensors"] == one.info["tensors"]
+    assert [c["text"] for c in two.generate(PROMPTS, GREEDY)] == [c["text"] for c in one.generate(PROMPTS, GREEDY)]
+    for engine in (one, two):
+        engine.perturb(4242, 0.02)
+    a, b = one.read_weights(), two.read_weights()  # the ranks' shards assembled into HF tensors
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[n], b[n]) for n in a), [n for n in a if not torch.equal(a[n], b[n])]
+    assert one.checksum() == two.checksum()
+    pairs = [(7, 3e-3), (8, -2e-3)]
+    for engine in (one, two):
+        engine.apply_update(pairs)
+    a, b = one.master_weights(), two.master_weights()
+    assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_each_low_rank_member_generates_what_the_dense_engine_with_its_weights_does(family_engine,
+                                                                                  started_from_export):
+    dense = family_engine
+    lowrank = started_from_export(lowrank_slots=len(MEMBERS), lowrank_rank=RANK)
+    base = dense.generate(PROMPTS, SAMPLING)
+    batched = lowrank.call("rollout_lowrank", MEMBERS, SIGMA, RANK, PROMPTS, SAMPLING)["members"]
+    for (seed, _), member in zip(MEMBERS, batched):
+        dense.call("rpc", "perturb_lowrank", seed, SIGMA, RANK)  # W + sigma * A B^T / sqrt(r), materialised
+        want = dense.generate(PROMPTS, SAMPLING)
+        assert [c["text"] for c in member["completions"]] == [c["text"] for c in want], seed
+        for got, expected in zip(member["completions"], want):
+            for g, w in zip(got["logprobs"], expected["logprobs"]):
+                token = next(iter(g))
+                assert abs(g[token] - w[token]) < 1e-4
+    assert any([c["text"] for c in m["completions"]] != [c["text"] for c in base] for m in batched)
+    dense.restore()
+    # The memory plan's LoRA term, embed_tokens' and lm_head's LoRA layers included, is what vLLM allocated.
+    shape = ModelShape.from_config(json.loads((Path(dense.model) / "config.json").read_text()))
+    planned = len(MEMBERS) * lora_rank_for(RANK) * shape.lora_elements_per_slot_rank(1) * 4  # fp32 on CPU
+    assert shape.embedding_lora and lowrank.call("rpc", "lora_buffer_bytes") == planned

@@ -76,6 +76,20 @@ def test_the_lora_term_is_every_block_linears_a_and_b_per_slot_and_rank():
         assert lora == 32 * rank * 28 * (a + b) * 2 and lora / GB == pytest.approx(gigabytes, abs=0.01)
 
 
+def test_llama_and_qwen3_lora_terms_add_the_embedding_and_lm_head_layers_vllm_wraps():
+    from esvllm.model_shapes import RELEASED_SHAPES
+
+    shape = ModelShape.from_config(RELEASED_SHAPES["Llama-3.1-8B"])  # hidden 4096, intermediate 14336, 32 layers, KV 8 x 128
+    a = 3 * 4096 + 4096 + 2 * 4096 + 14336
+    b = (4096 + 1024 + 1024) + 4096 + 2 * 14336 + 4096
+    embeddings = (128256 + 4096) + (4096 + 128256)  # embed_tokens: A vocab x r, B hidden x r; lm_head: A r x hidden, B vocab x r
+    assert shape.lora_elements_per_slot_rank(1) == 32 * (a + b) + embeddings
+    lora = plan(shape, 141 * GB, lora_slots=32, lora_rank=64).lora_bytes
+    assert lora == 32 * 64 * (32 * (a + b) + embeddings) * 2  # 32 slots of rank 64 in bf16: 11.82 GB, 1.08 of them embeddings
+    assert ModelShape.from_config(RELEASED_SHAPES["Qwen3-8B"]).embedding_lora
+    assert not ModelShape.from_config(qwen25_config("7B")).embedding_lora  # vLLM's Qwen2 wraps block linears only
+
+
 def test_lora_buffers_come_out_of_the_kv_cache_and_a_rank_that_cannot_fit_is_refused_with_the_fix():
     shape = ModelShape.from_config(qwen25_config("7B"))
     plain, lowrank = plan(shape, 80 * GB, sequences=64), plan(shape, 80 * GB, sequences=64, lora_slots=32, lora_rank=64)
