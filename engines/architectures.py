@@ -4,18 +4,26 @@ rest at the door (imports nothing heavy: `--help` and config checks use it)."""
 from __future__ import annotations
 
 # The architectures whose every vLLM parameter this map covers, tested end to end (tests/engine).
-TESTED_ARCHITECTURES = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+TESTED_ARCHITECTURES = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM",
+                        "qwen3_moe": "Qwen3MoeForCausalLM"}
 MOE_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_intermediate_size")
+MAPPED_MOE = {"Qwen3MoeForCausalLM"}  # experts named mlp.experts.<e>.{gate,up,down}_proj (engines.moe_layout)
+
+
+def is_moe(config: dict) -> bool:
+    name = (config.get("architectures") or [config.get("model_type", "?")])[0]
+    return any(config.get(key) for key in MOE_KEYS) or "moe" in name.lower() or "mixtral" in name.lower()
 
 
 def architecture_problem(config: dict) -> str | None:
-    """Why ES cannot perturb a checkpoint of this config.json, or None. Mixture-of-experts models are
-    refused: vLLM stacks their experts into fused w13/w2 parameters, which this map does not cover."""
+    """Why ES cannot perturb a checkpoint of this config.json, or None. Of the mixture-of-experts
+    models only Qwen3-MoE is mapped (its HF experts onto vLLM's fused w13/w2 parameters)."""
     name = (config.get("architectures") or [config.get("model_type", "?")])[0]
-    if any(config.get(key) for key in MOE_KEYS) or "moe" in name.lower() or "mixtral" in name.lower():
-        return (f"{name} is a mixture-of-experts model: vLLM stacks its experts into fused w13/w2 parameters, "
-                "which esvllm does not map to HF tensors yet, so it cannot perturb them; use a dense model of the "
-                f"families tested: {', '.join(TESTED_ARCHITECTURES.values())}")
+    if is_moe(config) and name not in MAPPED_MOE:
+        return (f"{name} is a mixture-of-experts model whose experts (and any shared experts) esvllm does not "
+                "map onto vLLM's fused w13/w2 parameters, so it cannot perturb them; the mapped one is "
+                f"{', '.join(sorted(MAPPED_MOE))}, and the dense families tested are "
+                f"{', '.join(v for v in TESTED_ARCHITECTURES.values() if v not in MAPPED_MOE)}")
     missing = [k for k in ("hidden_size", "num_attention_heads", "num_hidden_layers", "vocab_size") if k not in config]
     if missing:
         return (f"{name}: config.json has no {', '.join(missing)} (a multimodal or encoder model?); esvllm "

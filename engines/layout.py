@@ -10,7 +10,8 @@ Tensor parallelism (T ranks, this one r), as vLLM's weight loaders shard Qwen2:
 - gate/up and other column-parallel linears (rows): [r*s, (r+1)*s) with s = rows / T;
 - o_proj/down_proj (row-parallel, columns): [:, r*k, (r+1)*k) with k = input_size_per_partition;
 - embed_tokens/lm_head (vocab rows): [start, end) from the layer's shard_indices (padding rows stay 0);
-- norms: whole on every rank, counted on rank 0.
+- norms: whole on every rank, counted on rank 0;
+- mixture-of-experts: each HF expert tensor in the layer's fused w13/w2 (engines.moe_layout).
 
 On CPU, vLLM repacks linear weights for its GEMM kernels at load time (`layer.cpu_linear`), and for
 most linears replaces `layer.weight` with an empty tensor. A parameter written by ES must therefore be
@@ -25,6 +26,7 @@ import dataclasses
 import torch
 
 from engines.architectures import TESTED_ARCHITECTURES
+from engines.moe_layout import ExpertPacking, as_rows, expert_parts, expert_piece, routed_experts
 from kernels import Slice
 
 
@@ -78,6 +80,7 @@ class Target:
     pieces: list[Piece]
     packed_modules: list[torch.nn.Module]  # modules whose CPU kernel holds a packed copy
     removed: bool  # the parameter is empty: its values live only in the packed kernel
+    experts: ExpertPacking | None = None  # a fused expert parameter, seen as a matrix of rows
 
     def param(self) -> torch.nn.Parameter:
         return getattr(self.module, self.attr)
@@ -105,7 +108,11 @@ def build_targets(model: torch.nn.Module, hf_shapes: dict[str, tuple[int, ...]])
     for hf_name, shape in hf_shapes.items():
         module_path, attr = hf_name.rsplit(".", 1)
         parent, _, leaf = module_path.rpartition(".")
-        if leaf in packed_names:
+        expert = expert_parts(hf_name)
+        if expert is not None:  # one expert's projection inside the layer's fused w13/w2 (engines.moe_layout)
+            module_path, module = routed_experts(model, expert[0])
+            attr, piece = expert_piece(module, expert[1], expert[2], hf_name, tuple(shape), rank, size)
+        elif leaf in packed_names:
             fused = packed_names[leaf]
             module_path = f"{parent}.{fused}" if parent else fused
             module = _unwrapped(model.get_submodule(module_path))
@@ -175,6 +182,8 @@ def _plain_piece(module, attr: str, hf_name: str, shape: tuple, rank: int, size:
 
 def _new_target(model, module, attr, vllm_name, dtype) -> Target:
     param = getattr(module, attr)
+    if attr in ("w13_weight", "w2_weight"):
+        return Target(module, attr, vllm_name, as_rows(param), param.dtype, [], [], False, ExpertPacking(module, attr))
     removed = param.numel() == 0 and attr == "weight"
     packed = [  # layers that own a packed kernel (LoRA wrappers only forward the attribute)
         m
@@ -190,7 +199,9 @@ def _new_target(model, module, attr, vllm_name, dtype) -> Target:
 def _settle_shape(target: Target) -> None:
     """Removed weights have shape (0,); their real shape is the layer's local partition."""
     if target.removed:
-        target.shape = (target.module.output_size_per_partition, target.module.input_size_per_partition)
+        module = target.module  # a replicated layer (the MoE router) has no partition sizes of its own
+        target.shape = (getattr(module, "output_size_per_partition", getattr(module, "output_size", 0)),
+                        getattr(module, "input_size_per_partition", getattr(module, "input_size", 0)))
     for piece in target.pieces:
         local = piece.local_shape
         if piece.offset + local[0] > target.shape[0] or local[1:] != target.shape[1:]:

@@ -50,6 +50,7 @@ class ESWorkerExtension(LoRASlots):
         master = load_checkpoint(model_dir, device, getattr(torch, master_dtype), skip=set(),
                                  parts={name: piece for name, (_, piece) in self._by_hf.items()})
         self._master = master
+        check_expert_layout(self._targets, master)
         self._device = device
         self._rank, self._world = tp_rank_and_size()
         self._es = ESState(master, self._write_all, model_dir, noise_cache_bytes,
@@ -127,7 +128,7 @@ class ESWorkerExtension(LoRASlots):
         """For every target: write each HF part with `write(name, master, dst)`, then re-pack."""
         with torch.no_grad():
             for target in self._targets:
-                if target.removed:
+                if target.removed or target.experts:
                     full = torch.empty(target.shape, dtype=target.dtype, device=self._device)
                 else:
                     full = target.param().data
@@ -136,6 +137,8 @@ class ESWorkerExtension(LoRASlots):
                     write(piece.hf_name, self._master[piece.hf_name], dst)
                 if target.removed:
                     target.module.weight = torch.nn.Parameter(full, requires_grad=False)
+                if target.experts:  # in place, in the order the MoE kernel reads
+                    target.param().data.copy_(target.experts.pack(full))
                 _repack(target)
 
     def _read_all(self, read) -> None:
@@ -151,7 +154,9 @@ class ESWorkerExtension(LoRASlots):
     def _effective(self, target: Target, cache: dict[int, torch.Tensor]) -> torch.Tensor:
         if id(target) in cache:
             return cache[id(target)]
-        if not target.packed_modules:
+        if target.experts:
+            value = target.experts.unpack(target.param().data)
+        elif not target.packed_modules:
             value = target.param().data
         else:
             reads = [_read_through_kernel(m, target.shape[1], target.dtype) for m in target.packed_modules]
@@ -161,6 +166,20 @@ class ESWorkerExtension(LoRASlots):
                     raise RuntimeError(f"{target.vllm_name}: packed kernel and parameter disagree")
         cache[id(target)] = value
         return value
+
+
+def check_expert_layout(targets: list[Target], master: dict[str, torch.Tensor]) -> None:
+    """The experts as vLLM loaded them, read in the order engines.moe_layout assumes, must be the
+    checkpoint's: a MoE kernel backend that keeps them in another layout is refused, not trained wrong."""
+    for target in targets:
+        if target.experts is None:
+            continue
+        rows = target.experts.unpack(target.param().data)
+        for piece in target.pieces:
+            loaded = rows[piece.offset : piece.offset + piece.local_shape[0]]
+            if not torch.equal(loaded, master[piece.hf_name].to(loaded.dtype)):
+                raise ValueError(f"{target.vllm_name}: {piece.hf_name} is not where engines.moe_layout expects it "
+                                 "(this vLLM MoE kernel backend keeps the experts in another layout); not supported")
 
 
 def _part(piece, tensor) -> dict:

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from engines.architectures import TESTED_ARCHITECTURES, architecture_problem
+from engines.architectures import TESTED_ARCHITECTURES, architecture_problem, is_moe
 from esvllm.config import RunConfig
 
 logger = logging.getLogger(__name__)
@@ -21,7 +21,10 @@ def check_environment(config: RunConfig) -> None:
     from esvllm.models import BUILTIN_MODELS, resolve_model  # light: torch loads only to build a model
 
     if config.model_name not in BUILTIN_MODELS:
-        check_architecture(resolve_model(config.model_name))
+        model_config = check_architecture(resolve_model(config.model_name))
+    else:
+        model_config = {"architectures": [TESTED_ARCHITECTURES[BUILTIN_MODELS[config.model_name].family]]}
+    check_moe_options(model_config, config)
     for flag, spec in [("data", config.data)] + [("eval_data", s.partition("=")[2] or s) for s in config.eval_data or []]:
         if spec and not Path(spec).expanduser().exists() and not Path(spec.rsplit(":", 1)[0]).expanduser().exists():
             raise FileNotFoundError(f"--{flag} {spec!r}: no such file or directory")
@@ -46,7 +49,7 @@ def check_environment(config: RunConfig) -> None:
                              f"{needed} cores wanted, {cores} here")
 
 
-def check_architecture(model_dir: str) -> None:
+def check_architecture(model_dir: str) -> dict:
     """Refuse a model ES cannot perturb (mixture-of-experts, not a causal LM) before anything starts;
     warn about a dense architecture outside the tested families (the engines then check that every
     vLLM parameter maps to an HF tensor, and refuse at start if one does not)."""
@@ -58,6 +61,21 @@ def check_architecture(model_dir: str) -> None:
     if name not in TESTED_ARCHITECTURES.values():
         logger.warning("%s is not among the tested families (%s): the engines refuse it at start if any of its "
                        "parameters maps to no HF tensor", name, ", ".join(TESTED_ARCHITECTURES.values()))
+    return config
+
+
+def check_moe_options(model_config: dict, config: RunConfig) -> None:
+    """What a mixture-of-experts model cannot do yet, refused before anything starts."""
+    if not is_moe(model_config):
+        return
+    name = (model_config.get("architectures") or ["?"])[0]
+    if config.perturbation == "lowrank":
+        raise ValueError(f"--perturbation lowrank: {name} is a mixture-of-experts model; low-rank members are LoRA "
+                         "adapters of the dense block linears, and vLLM's fused experts are not served that way "
+                         "here: use --perturbation full")
+    if config.engine == "hf":
+        raise ValueError(f"--engine hf: transformers holds {name}'s experts fused, in tensors other than its "
+                         "checkpoint's, which the HF backend does not map: use --engine vllm")
 
 
 def check_gpu_ids(cuda_devices, wanted: list[int]) -> None:

@@ -46,6 +46,8 @@ class ModelShape:
     qkv_bias: bool = True  # Qwen2's q/k/v biases; Llama and Qwen3 have none
     qk_norm: bool = False  # Qwen3's per-head q_norm/k_norm
     embedding_lora: bool = False  # vLLM gives embed_tokens and lm_head LoRA layers too (Llama, Qwen3; not Qwen2)
+    experts: int = 0  # mixture-of-experts (Qwen3-MoE): experts per layer, each of expert_intermediate
+    expert_intermediate: int = 0
 
     @classmethod
     def from_config(cls, config: dict) -> "ModelShape":
@@ -57,8 +59,10 @@ class ModelShape:
                        tied=bool(config.get("tie_word_embeddings", False)),
                        head_dim=config.get("head_dim") or config["hidden_size"] // heads,
                        qkv_bias=bool(config.get("attention_bias", config.get("model_type", "qwen2") == "qwen2")),
-                       qk_norm=config.get("model_type") == "qwen3",
-                       embedding_lora=config.get("model_type", "qwen2") != "qwen2")
+                       qk_norm=config.get("model_type") in ("qwen3", "qwen3_moe"),
+                       embedding_lora=config.get("model_type", "qwen2") != "qwen2",
+                       experts=config.get("num_experts") or config.get("num_local_experts") or 0,
+                       expert_intermediate=config.get("moe_intermediate_size") or 0)
         except KeyError as exc:
             raise ValueError(f"config.json lacks {exc}: the memory plan needs a Qwen2/Llama-style config") from None
 
@@ -66,11 +70,12 @@ class ModelShape:
         """Element count of each kind of tensor (per layer where it repeats)."""
         q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
         bias = int(self.qkv_bias)
+        # A mixture-of-experts layer: every expert's gate, up and down, and the router (counted with the norms).
+        mlp = self.experts * self.expert_intermediate if self.experts else self.intermediate
         return {"embed": self.vocab * self.hidden, "lm_head": 0 if self.tied else self.vocab * self.hidden,
                 "q": self.hidden * q + bias * q, "k": self.hidden * kv + bias * kv, "v": self.hidden * kv + bias * kv,
-                "o": q * self.hidden, "gate": self.hidden * self.intermediate,
-                "up": self.hidden * self.intermediate, "down": self.intermediate * self.hidden,
-                "norms": 2 * self.hidden + (2 * self.head_dim if self.qk_norm else 0)}
+                "o": q * self.hidden, "gate": self.hidden * mlp, "up": self.hidden * mlp, "down": mlp * self.hidden,
+                "norms": 2 * self.hidden + (2 * self.head_dim if self.qk_norm else 0) + self.experts * self.hidden}
 
     @property
     def parameters(self) -> int:
@@ -81,7 +86,8 @@ class ModelShape:
     @property
     def largest_tensor(self) -> int:
         t = self.tensors()
-        return max(t["embed"], t["gate"], t["q"], t["o"])
+        mlp = self.hidden * (self.expert_intermediate if self.experts else self.intermediate)  # one HF tensor
+        return max(t["embed"], mlp, t["q"], t["o"])
 
     def lora_elements_per_slot_rank(self, tp: int) -> int:
         """Elements of vLLM's LoRA buffers (A: rank x input, B: output x rank per slice) for one slot

@@ -41,6 +41,14 @@ RELEASED_SHAPES = {
                  "num_key_value_heads": 8, "head_dim": 128, "tie_word_embeddings": False, "attention_bias": False,
                  "hidden_act": "silu", "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "max_position_embeddings": 40960,
                  "torch_dtype": "bfloat16", "bos_token_id": 151643, "eos_token_id": 151645},
+    "Qwen3-30B-A3B": {"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "vocab_size": 151936,
+                      "hidden_size": 2048, "intermediate_size": 6144, "moe_intermediate_size": 768,
+                      "num_hidden_layers": 48, "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128,
+                      "num_experts": 128, "num_experts_per_tok": 8, "decoder_sparse_step": 1, "mlp_only_layers": [],
+                      "norm_topk_prob": True, "tie_word_embeddings": False, "attention_bias": False,
+                      "hidden_act": "silu", "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+                      "max_position_embeddings": 40960, "torch_dtype": "bfloat16", "bos_token_id": 151643,
+                      "eos_token_id": 151645},
 }
 
 

@@ -70,6 +70,8 @@ BUILTIN_MODELS = {
     "tiny-llama": ModelSpec(128, 256, 2, 4, 2, tie_word_embeddings=False, family="llama"),
     # tiny's size in the Qwen3 family: per-head q_norm/k_norm, no qkv bias, tied embeddings.
     "tiny-qwen3": ModelSpec(128, 256, 2, 4, 2, tie_word_embeddings=True, family="qwen3"),
+    # tiny-qwen3 with a mixture of 4 experts of size 64 in every layer (2 per token), untied.
+    "tiny-qwen3-moe": ModelSpec(128, 256, 2, 4, 2, tie_word_embeddings=False, family="qwen3_moe"),
 }
 
 
@@ -160,6 +162,10 @@ def family_options(spec: ModelSpec) -> dict:
                                     "original_max_position_embeddings": spec.max_position_embeddings // 4}}
     if spec.family == "qwen3":
         return {"head_dim": spec.hidden_size // spec.num_attention_heads, "attention_bias": False}
+    if spec.family == "qwen3_moe":  # every layer sparse: experts of a quarter of intermediate_size
+        return {"head_dim": spec.hidden_size // spec.num_attention_heads, "attention_bias": False,
+                "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": spec.intermediate_size // 4,
+                "decoder_sparse_step": 1, "mlp_only_layers": [], "norm_topk_prob": True}
     return {}
 
 
@@ -225,8 +231,8 @@ def main(argv: list[str] | None = None) -> None:
                                      "write checkpoints with the exact shapes of Qwen2.5 models.")
     parser.add_argument("names", nargs="*", help=f"built-in models to build (default: all of {list(BUILTIN_MODELS)})")
     parser.add_argument("--qwen2.5", dest="qwen", choices=list(QWEN25_SHAPES), help="write a Qwen2.5-shaped checkpoint")
-    parser.add_argument("--shape", choices=list(RELEASED_SHAPES), help="write the config.json of a Llama 3.x or "
-                        "Qwen3 model (for --dry_run)")
+    parser.add_argument("--shape", choices=list(RELEASED_SHAPES), help="write the config.json of a Llama 3.x, "
+                        "Qwen3 or Qwen3-MoE model (for --dry_run)")
     parser.add_argument("--out", help="its directory")
     parser.add_argument("--weights", action="store_true", help="random weights too (default: config.json only)")
     args = parser.parse_args(argv)

@@ -2,11 +2,13 @@
 checkpoint ES cannot perturb is refused at the door, before Ray or any engine starts."""
 
 import json
+import math
 
 import pytest
 from safetensors import safe_open
 
 from esvllm.machine import check_architecture
+from esvllm.memory import ModelShape
 from esvllm.models import BUILTIN_MODELS, FAMILIES, family_classes, resolve_model
 from esvllm.run import main
 
@@ -31,6 +33,23 @@ def test_each_tiny_model_has_the_tensors_of_transformers_own_model_of_its_family
         assert "model.layers.0.self_attn.q_norm.weight" in stored and "lm_head.weight" not in stored
 
 
+def test_the_tiny_moe_is_saved_one_tensor_per_expert_as_released_qwen3_moe_checkpoints_are():
+    # transformers holds the experts fused in memory; the checkpoint, which ES's noise is defined on, does not.
+    path = resolve_model("tiny-qwen3-moe")
+    config = json.loads(open(f"{path}/config.json").read())
+    with safe_open(f"{path}/model.safetensors", "pt") as f:
+        stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    hidden, inter = config["hidden_size"], config["moe_intermediate_size"]
+    experts = config.get("num_experts") or config["num_local_experts"]  # the Hub's name, transformers 5's
+    assert ModelShape.from_config(config).parameters == sum(math.prod(s) for s in stored.values())
+    for layer in range(config["num_hidden_layers"]):
+        prefix = f"model.layers.{layer}.mlp."
+        assert stored[prefix + "gate.weight"] == (experts, hidden)  # the router
+        for e in range(experts):
+            assert stored[f"{prefix}experts.{e}.gate_proj.weight"] == stored[f"{prefix}experts.{e}.up_proj.weight"] == (inter, hidden)
+            assert stored[f"{prefix}experts.{e}.down_proj.weight"] == (hidden, inter)
+
+
 def write_config(tmp_path, config: dict):
     tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "config.json").write_text(json.dumps(config))
@@ -48,14 +67,31 @@ def refused_before_start(monkeypatch, model_dir, *fragments):
         assert fragment in message, message
 
 
-def test_a_mixture_of_experts_checkpoint_is_refused_before_anything_starts(tmp_path, monkeypatch):
-    from transformers import Qwen3MoeConfig
+def test_a_mixture_of_experts_model_other_than_qwen3_moe_is_refused_before_anything_starts(tmp_path, monkeypatch):
+    from transformers import MixtralConfig
 
-    moe = Qwen3MoeConfig(vocab_size=128, hidden_size=128, intermediate_size=256, moe_intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, num_experts=4)
-    model_dir = write_config(tmp_path / "moe", {**moe.to_dict(), "architectures": ["Qwen3MoeForCausalLM"]})
-    refused_before_start(monkeypatch, model_dir, "Qwen3MoeForCausalLM", "mixture-of-experts", "w13/w2",
-                         "LlamaForCausalLM")
+    moe = MixtralConfig(vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, num_local_experts=4)
+    model_dir = write_config(tmp_path / "moe", {**moe.to_dict(), "architectures": ["MixtralForCausalLM"]})
+    refused_before_start(monkeypatch, model_dir, "MixtralForCausalLM", "mixture-of-experts", "w13/w2",
+                         "Qwen3MoeForCausalLM", "LlamaForCausalLM")
+
+
+@pytest.mark.parametrize("flags, fragments", [
+    (["--perturbation", "lowrank"], ("--perturbation lowrank", "mixture-of-experts", "--perturbation full")),
+    (["--engine", "hf"], ("--engine hf", "fused", "--engine vllm")),
+])
+def test_what_a_qwen3_moe_cannot_do_yet_is_refused_before_anything_starts(flags, fragments, monkeypatch):
+    import engines.pool
+
+    monkeypatch.setattr(engines.pool.EnginePool, "start", lambda *a, **k: pytest.fail("an engine was started"))
+    args = ["--model_name", "tiny-qwen3-moe", "--task", "conciseness", "--dry_run", *flags]
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    assert all(f in str(info.value.code) for f in fragments), info.value.code
+    with pytest.raises(SystemExit) as planned:
+        main(["--model_name", "tiny-qwen3-moe", "--task", "conciseness", "--dry_run"])
+    assert planned.value.code == 0  # full rank on vLLM engines goes through
 
 
 def test_a_config_that_is_not_a_causal_lm_is_refused_naming_what_it_lacks(tmp_path, monkeypatch):
@@ -75,7 +111,7 @@ LAYER_TENSORS = {"self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_att
                  "input_layernorm.weight", "post_attention_layernorm.weight"}
 
 
-@pytest.mark.parametrize("name", ["Llama-3.2-1B", "Llama-3.2-3B", "Llama-3.1-8B", "Qwen3-8B"])
+@pytest.mark.parametrize("name", ["Llama-3.2-1B", "Llama-3.2-3B", "Llama-3.1-8B", "Qwen3-8B", "Qwen3-30B-A3B"])
 def test_each_released_shape_is_transformers_own_model_of_that_config(name, tmp_path):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -88,6 +124,10 @@ def test_each_released_shape_is_transformers_own_model_of_that_config(name, tmp_
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
     names = {n for n, _ in model.named_parameters()}
     config = RELEASED_SHAPES[name]
+    assert ModelShape.from_config(config).parameters == sum(p.numel() for p in model.parameters())
+    if "num_experts" in config:  # transformers holds the experts fused: the count is the check
+        assert ModelShape.from_config(config).parameters / 1e9 == pytest.approx(30.5, abs=0.1)
+        return
     layer = LAYER_TENSORS | ({"self_attn.q_norm.weight", "self_attn.k_norm.weight"} if "Qwen3" in name else set())
     expected = {"model.embed_tokens.weight", "model.norm.weight"} | \
         {f"model.layers.{i}.{t}" for i in range(config["num_hidden_layers"]) for t in layer} | \
