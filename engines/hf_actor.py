@@ -32,6 +32,9 @@ class HFEngineActor(EngineActorBase):
         self.model = self.model.to(self.device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.tokenizer.padding_side = "left"
+        self.eos = stop_token_ids(self.model, self.tokenizer)
+        if self.tokenizer.pad_token_id is None:  # Llama 3 has none: any id works under the attention mask
+            self.tokenizer.pad_token_id = self.eos[0]
         self.params = dict(self.model.named_parameters())  # tied lm_head is listed once, as embed_tokens
         tied = getattr(self.model.config, "tie_word_embeddings", False)
         master = load_checkpoint(model_path, self.device, getattr(torch, options.get("master_dtype", "float32")),
@@ -71,7 +74,7 @@ class HFEngineActor(EngineActorBase):
         import torch
 
         batch = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
-        eos = self.tokenizer.eos_token_id
+        eos = self.eos
         greedy = sampling.get("temperature", 0.0) == 0
         if not greedy and "seed" in sampling:
             torch.manual_seed(sampling["seed"])
@@ -82,7 +85,19 @@ class HFEngineActor(EngineActorBase):
                                       eos_token_id=eos)
         completions = []
         for row in out[:, batch["input_ids"].shape[1]:].tolist():
-            tokens = row[: row.index(eos) + 1] if eos in row else row  # like vLLM: the EOS counts
-            text = self.tokenizer.decode([t for t in tokens if t != eos], skip_special_tokens=True)
+            end = next((i for i, t in enumerate(row) if t in eos), None)
+            tokens = row if end is None else row[: end + 1]  # like vLLM: the EOS counts
+            text = self.tokenizer.decode(tokens if end is None else tokens[:-1], skip_special_tokens=True)
             completions.append({"text": text, "tokens": len(tokens)})
         return completions
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """The tokens generation stops at, as vLLM takes them: the tokenizer's EOS first, then every EOS of
+    the model's generation config (Llama 3 Instruct: <|end_of_text|>, <|eom_id|>, <|eot_id|>)."""
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for token in [configured] if isinstance(configured, int) else configured or []:
+        if token not in ids:
+            ids.append(token)
+    return ids

@@ -1,4 +1,4 @@
-"""Mixture-of-experts parameters (Qwen3-MoE): where each HF expert tensor lives in vLLM's fused ones.
+"""Mixture-of-experts parameters (Qwen3-MoE, Mixtral): where each HF expert tensor lives in vLLM's fused ones.
 
 vLLM stacks a layer's experts into two parameters of its `RoutedExperts` module:
     w13_weight (experts, 2 * I, hidden): expert e's gate_proj rows, then its up_proj rows
@@ -19,13 +19,16 @@ import re
 
 import torch
 
-EXPERT_TENSOR = re.compile(r"^(?P<layer>.+)\.experts\.(?P<expert>\d+)\.(?P<proj>gate_proj|up_proj|down_proj)\.weight$")
+EXPERT_TENSOR = re.compile(r"^(?P<layer>.+)\.experts\.(?P<expert>\d+)\.(?P<proj>gate_proj|up_proj|down_proj|w1|w2|w3)\.weight$")
+MIXTRAL_NAMES = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}  # Mixtral's names for the same three
 
 
 def expert_parts(hf_name: str):
     """(layer path, expert index, projection) of an HF expert tensor's name, or None."""
     match = EXPERT_TENSOR.match(hf_name)
-    return (match["layer"], int(match["expert"]), match["proj"]) if match else None
+    if not match:
+        return None
+    return match["layer"], int(match["expert"]), MIXTRAL_NAMES.get(match["proj"], match["proj"])
 
 
 def routed_experts(model: torch.nn.Module, layer: str):

@@ -147,7 +147,8 @@ def main(argv=None) -> dict:
         if config.data:
             samples = load_samples(config.data, formatter)
         else:
-            samples = task_splits(config.task, None, config.data_sample, config.test_size, config.global_seed)[1]
+            samples = task_splits(config.task, None, config.data_sample, config.test_size, config.global_seed,
+                                  formatter)[1]
         evaluator = Evaluator(samples, scorer, config.max_tokens)
     except (ValueError, FileNotFoundError) as exc:
         sys.exit(f"error: {exc}")

@@ -62,7 +62,7 @@ class ModelShape:
                        qk_norm=config.get("model_type") in ("qwen3", "qwen3_moe"),
                        embedding_lora=config.get("model_type", "qwen2") != "qwen2",
                        experts=config.get("num_experts") or config.get("num_local_experts") or 0,
-                       expert_intermediate=config.get("moe_intermediate_size") or 0)
+                       expert_intermediate=config.get("moe_intermediate_size") or config["intermediate_size"])
         except KeyError as exc:
             raise ValueError(f"config.json lacks {exc}: the memory plan needs a Qwen2/Llama-style config") from None
 

@@ -72,6 +72,8 @@ BUILTIN_MODELS = {
     "tiny-qwen3": ModelSpec(128, 256, 2, 4, 2, tie_word_embeddings=True, family="qwen3"),
     # tiny-qwen3 with a mixture of 4 experts of size 64 in every layer (2 per token), untied.
     "tiny-qwen3-moe": ModelSpec(128, 256, 2, 4, 2, tie_word_embeddings=False, family="qwen3_moe"),
+    # Mixtral's layout (block_sparse_moe, experts' w1/w3/w2) at that size: 4 experts of 64, 2 per token.
+    "tiny-mixtral": ModelSpec(128, 64, 2, 4, 2, tie_word_embeddings=False, family="mixtral"),
 }
 
 
@@ -166,6 +168,9 @@ def family_options(spec: ModelSpec) -> dict:
         return {"head_dim": spec.hidden_size // spec.num_attention_heads, "attention_bias": False,
                 "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": spec.intermediate_size // 4,
                 "decoder_sparse_step": 1, "mlp_only_layers": [], "norm_topk_prob": True}
+    if spec.family == "mixtral":  # intermediate_size is each expert's
+        return {"head_dim": spec.hidden_size // spec.num_attention_heads, "num_local_experts": 4,
+                "num_experts_per_tok": 2}
     return {}
 
 

@@ -148,9 +148,10 @@ def _load_hf_dataset(source: Path, split: str | None, spec: str) -> list[dict]:
 
 def task_splits(task: str, data: str | None, train_size: int, test_size: int, seed: int,
                 formatter: Formatter | None = None) -> tuple[list, list]:
-    """(train, test) for `task`: the first rows of `data` and the next ones, or the task's generator."""
+    """(train, test) for `task`: the first rows of `data` and the next ones, or the task's generator
+    (its prompts through `formatter`'s template too, e.g. --template chat)."""
     if not data and task in SPLITTERS:
-        return SPLITTERS[task](train_size, test_size, seed)
+        return tuple(templated(split, formatter) for split in SPLITTERS[task](train_size, test_size, seed))
     if not data and task not in GENERATORS:
         raise ValueError(f"task {task!r} has no built-in data: pass --data FILE")
     if data:
@@ -158,10 +159,17 @@ def task_splits(task: str, data: str | None, train_size: int, test_size: int, se
         if len(samples) < train_size:
             raise ValueError(f"{data}: {len(samples)} samples, fewer than --data_sample {train_size}")
     else:
-        samples = GENERATORS[task](train_size + test_size, seed)
+        samples = templated(GENERATORS[task](train_size + test_size, seed), formatter)
     train, test = samples[:train_size], samples[train_size : train_size + test_size]
     check_apart(train, {"held-out": test})
     return train, test
+
+
+def templated(samples: list[dict], formatter: Formatter | None) -> list[dict]:
+    """Generated samples with their prompts through the template (plain leaves them as generated)."""
+    if formatter is None or formatter.template == "plain":
+        return samples
+    return [{**sample, "prompt": formatter.format(sample["prompt"])} for sample in samples]
 
 
 def eval_sets(specs: list[str], formatter: Formatter) -> dict[str, list[dict]]:

@@ -53,3 +53,38 @@ def terminal_signals() -> None:
     """In the child: SIGINT as a terminal's foreground job has it (a test runner's workers may ignore
     it, and an ignored signal is inherited)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+# A Llama 3 Instruct chat template in short: header tokens around each turn, <|eot_id|> after it.
+LLAMA3_CHAT_TEMPLATE = ("{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+                        "{{ m['content'] }}<|eot_id|>{% endfor %}"
+                        "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+
+
+def llama3_conventions(tmp_path, prompt: str):
+    """tiny-llama with a released Llama 3 Instruct's token conventions: no pad token, a chat template,
+    and several EOS ids in generation_config.json, one of them the token the model greedily generates
+    first after `prompt` (found here with transformers). Returns (path, that token's id)."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from esvllm.models import resolve_model
+
+    path = Path(tmp_path) / "llama3-conventions"
+    shutil.copytree(resolve_model("tiny-llama"), path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    with torch.no_grad():
+        first = int(model(tokenizer(prompt, return_tensors="pt").input_ids).logits[0, -1].argmax())
+    assert first != tokenizer.eos_token_id
+    files = {name: json.loads((path / name).read_text())
+             for name in ("tokenizer_config.json", "generation_config.json", "config.json")}
+    files["tokenizer_config.json"].update(pad_token=None, chat_template=LLAMA3_CHAT_TEMPLATE)
+    files["generation_config.json"].update(eos_token_id=[tokenizer.eos_token_id, first], pad_token_id=None)
+    files["config.json"]["pad_token_id"] = None
+    for name, content in files.items():
+        (path / name).write_text(json.dumps(content, indent=2))
+    return str(path), first

@@ -48,7 +48,10 @@ def started_from_export(family_engine, tmp_path_factory):
 
 
 def test_every_hf_tensor_moves_by_sigma_eps_and_restores_exactly(family_engine):
-    engine, sigma, seed = family_engine, 0.01, 777
+    moves_by_sigma_eps_and_restores_exactly(family_engine)
+
+
+def moves_by_sigma_eps_and_restores_exactly(engine, sigma=0.01, seed=777):
     base = engine.master_weights()
     engine.perturb(seed, sigma)
     try:
@@ -145,3 +148,39 @@ def test_experts_kept_in_another_layout_than_the_mapped_one_are_refused_at_start
                         lambda self, param: param.reshape(self.shape[0] * self.shape[1], self.shape[2]))
     with pytest.raises(ValueError, match=r"experts\.0\.(gate|up|down)_proj\.weight is not where engines.moe_layout expects it"):
         LocalPool.start(resolve_model("tiny-qwen3-moe"), dataclasses.replace(engine_options(), in_process=True))
+
+
+def test_a_vllm_engine_stops_at_every_eos_of_a_llama_generation_config_as_the_hf_engine_does(ray_session, tmp_path):
+    """Llama 3 Instruct's conventions (no pad token, several EOS ids in generation_config.json): vLLM
+    stops at the one the model generates first, and the HF backend generates the same completions."""
+    import dataclasses
+
+    from engines.local import LocalPool
+    from tests.helpers import engine_options, llama3_conventions
+
+    prompts = ["Using the numbers [3, 5, 7]", "12+7="]
+    model, _ = llama3_conventions(tmp_path, prompts[0])
+    pool = start_pool(model, num_engines=1)
+    try:
+        served = pool.engines[0].generate(prompts, GREEDY)
+    finally:
+        pool.shutdown()
+    assert served[0]["text"] == "" and served[0]["tokens"] == 1
+    hf = LocalPool.start(model, dataclasses.replace(engine_options(), backend="hf", in_process=True)).engines[0]
+    assert [{k: c[k] for k in ("text", "tokens")} for c in served] == hf.generate(prompts, GREEDY)
+
+
+def test_every_mixtral_tensor_moves_by_sigma_eps_and_restores_exactly():
+    """Mixtral's names for the same experts (block_sparse_moe.experts.<e>.w1/w3/w2), on one in-process
+    engine (the expert map and its sharding are tiny-qwen3-moe's, tested above through Ray actors)."""
+    import dataclasses
+
+    from engines.local import LocalPool
+    from tests.helpers import engine_options
+
+    pool = LocalPool.start(resolve_model("tiny-mixtral"), dataclasses.replace(engine_options(), in_process=True))
+    try:
+        moves_by_sigma_eps_and_restores_exactly(pool.engines[0])
+        assert any(".block_sparse_moe.experts.3.w3." in n for n in pool.engines[0].master_weights())
+    finally:
+        pool.shutdown()

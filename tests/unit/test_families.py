@@ -33,21 +33,23 @@ def test_each_tiny_model_has_the_tensors_of_transformers_own_model_of_its_family
         assert "model.layers.0.self_attn.q_norm.weight" in stored and "lm_head.weight" not in stored
 
 
-def test_the_tiny_moe_is_saved_one_tensor_per_expert_as_released_qwen3_moe_checkpoints_are():
+@pytest.mark.parametrize("name, block, gate, up, down", [("tiny-qwen3-moe", "mlp", "gate_proj", "up_proj", "down_proj"),
+                                                         ("tiny-mixtral", "block_sparse_moe", "w1", "w3", "w2")])
+def test_each_tiny_moe_is_saved_one_tensor_per_expert_as_released_checkpoints_are(name, block, gate, up, down):
     # transformers holds the experts fused in memory; the checkpoint, which ES's noise is defined on, does not.
-    path = resolve_model("tiny-qwen3-moe")
+    path = resolve_model(name)
     config = json.loads(open(f"{path}/config.json").read())
     with safe_open(f"{path}/model.safetensors", "pt") as f:
         stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    hidden, inter = config["hidden_size"], config["moe_intermediate_size"]
+    hidden, inter = config["hidden_size"], config.get("moe_intermediate_size") or config["intermediate_size"]
     experts = config.get("num_experts") or config["num_local_experts"]  # the Hub's name, transformers 5's
     assert ModelShape.from_config(config).parameters == sum(math.prod(s) for s in stored.values())
     for layer in range(config["num_hidden_layers"]):
-        prefix = f"model.layers.{layer}.mlp."
+        prefix = f"model.layers.{layer}.{block}."
         assert stored[prefix + "gate.weight"] == (experts, hidden)  # the router
         for e in range(experts):
-            assert stored[f"{prefix}experts.{e}.gate_proj.weight"] == stored[f"{prefix}experts.{e}.up_proj.weight"] == (inter, hidden)
-            assert stored[f"{prefix}experts.{e}.down_proj.weight"] == (hidden, inter)
+            assert stored[f"{prefix}experts.{e}.{gate}.weight"] == stored[f"{prefix}experts.{e}.{up}.weight"] == (inter, hidden)
+            assert stored[f"{prefix}experts.{e}.{down}.weight"] == (hidden, inter)
 
 
 def write_config(tmp_path, config: dict):
@@ -67,14 +69,15 @@ def refused_before_start(monkeypatch, model_dir, *fragments):
         assert fragment in message, message
 
 
-def test_a_mixture_of_experts_model_other_than_qwen3_moe_is_refused_before_anything_starts(tmp_path, monkeypatch):
-    from transformers import MixtralConfig
-
-    moe = MixtralConfig(vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                        num_attention_heads=4, num_key_value_heads=2, num_local_experts=4)
-    model_dir = write_config(tmp_path / "moe", {**moe.to_dict(), "architectures": ["MixtralForCausalLM"]})
-    refused_before_start(monkeypatch, model_dir, "MixtralForCausalLM", "mixture-of-experts", "w13/w2",
-                         "Qwen3MoeForCausalLM", "LlamaForCausalLM")
+def test_a_mixture_of_experts_model_other_than_those_mapped_is_refused_before_anything_starts(tmp_path, monkeypatch):
+    # Qwen2-MoE: shared experts beside the routed ones, which the map does not cover.
+    config = {"architectures": ["Qwen2MoeForCausalLM"], "model_type": "qwen2_moe", "hidden_size": 128,
+              "intermediate_size": 256, "moe_intermediate_size": 64, "shared_expert_intermediate_size": 256,
+              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "num_experts": 4,
+              "vocab_size": 128}
+    model_dir = write_config(tmp_path / "moe", config)
+    refused_before_start(monkeypatch, model_dir, "Qwen2MoeForCausalLM", "mixture-of-experts", "w13/w2",
+                         "MixtralForCausalLM, Qwen3MoeForCausalLM", "LlamaForCausalLM")
 
 
 @pytest.mark.parametrize("flags, fragments", [
