@@ -32,11 +32,13 @@ def expert_parts(hf_name: str):
 
 
 def routed_experts(model: torch.nn.Module, layer: str):
-    """(vLLM path, module) of the module holding w13_weight/w2_weight under `layer`.experts."""
+    """(vLLM path, module) of the module holding w13_weight/w2_weight under `layer`.experts; the path
+    as the parameters are named without LoRA (low-rank mode wraps the experts in a `base_layer`)."""
     base = f"{layer}.experts"
     for name, module in model.get_submodule(base).named_modules():
         if hasattr(module, "w13_weight") and hasattr(module, "w2_weight"):
-            return (f"{base}.{name}" if name else base), module
+            path = [part for part in f"{base}.{name}".split(".") if part and part != "base_layer"]
+            return ".".join(path), module
     raise ValueError(f"{base}: no module with w13_weight/w2_weight in the vLLM model")
 
 

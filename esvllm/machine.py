@@ -71,8 +71,8 @@ def check_moe_options(model_config: dict, config: RunConfig) -> None:
     name = (model_config.get("architectures") or ["?"])[0]
     if config.perturbation == "lowrank":
         raise ValueError(f"--perturbation lowrank: {name} is a mixture-of-experts model; low-rank members are LoRA "
-                         "adapters of the dense block linears, and vLLM's fused experts are not served that way "
-                         "here: use --perturbation full")
+                         "adapters, and vLLM serves LoRA on fused experts only through its Triton MoE kernel, which "
+                         "its CPU build cannot run, so it is not built or tested here: use --perturbation full")
     if config.engine == "hf":
         raise ValueError(f"--engine hf: transformers holds {name}'s experts fused, in tensors other than its "
                          "checkpoint's, which the HF backend does not map: use --engine vllm")
