@@ -94,12 +94,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--size", default="0.5B", help="Qwen2.5 shape of the random checkpoint")
     parser.add_argument("--out", default="/tmp/esvllm-gpu-loop")
+    parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args(argv)
     workdir = Path(args.out)
     shutil.rmtree(workdir, ignore_errors=True)
     model = qwen25_shaped_checkpoint(args.size, workdir / f"qwen2.5-{args.size}")
     result = check_loop(model, args.device, workdir)
     print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
     return result
 
 

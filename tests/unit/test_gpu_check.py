@@ -22,3 +22,11 @@ def test_the_bf16_options_section_passes_on_cpu_against_itself():
         assert figures["perturb_within_one_bf16_rounding"] and figures["restore_exact"], name
         assert figures["restore_checksums_equal_cpu"], name
         assert figures["update_relative_error"] == 0.0, name
+
+
+def test_the_loop_section_runs_in_its_own_process_and_reports_what_held():
+    from benchmarks.gpu_check import loop_in_a_new_process
+
+    loop = loop_in_a_new_process("cpu", size="toy")  # on a GPU: the 0.5B shape in bf16
+    assert loop["resumed_metrics_equal"] and loop["resumed_weights_bit_identical"] and loop["eval_equals_in_loop_eval"]
+    assert loop["tensors_changed"] == loop["tensors"] and loop["checkpoints"][-1] == "iter_000003"
