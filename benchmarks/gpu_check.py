@@ -25,13 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import tempfile
 import time
 import traceback
 from pathlib import Path
 
 import torch
 
+from benchmarks.gpu_loop import loop_in_a_new_process
 from benchmarks.gpu_memory import memory_figure, plan_terms
 from benchmarks.kernels import bench_size, copy_bandwidth, timed
 from engines.es_state import ESState
@@ -238,22 +238,6 @@ def main(argv=None) -> dict:
     out.write_text(json.dumps(results, indent=2))
     print(summary(results))
     return results
-
-
-def loop_in_a_new_process(device: str, size: str = "0.5B") -> dict:
-    """benchmarks.gpu_loop as a user runs it: its own process, where CUDA starts with the run (this
-    one has used the GPU already, so --cuda_devices could no longer choose it)."""
-    import subprocess
-    import sys
-
-    workdir = Path(tempfile.mkdtemp(prefix="esvllm-gpu-loop-"))
-    result = workdir / "result.json"
-    done = subprocess.run([sys.executable, "-m", "benchmarks.gpu_loop", "--device", device, "--size", size,
-                           "--out", str(workdir / "run"), "--json", str(result)], capture_output=True, text=True,
-                          timeout=900)
-    if done.returncode != 0:
-        raise RuntimeError(f"benchmarks.gpu_loop exited {done.returncode}:\n{done.stderr[-4000:]}")
-    return json.loads(result.read_text())
 
 
 def summary(r: dict) -> str:

@@ -89,6 +89,23 @@ def load_files(directory: Path) -> dict:
     return tensors
 
 
+def loop_in_a_new_process(device: str, size: str = "0.5B") -> dict:
+    """This check as a user runs it: its own process, where CUDA starts with the run (this
+    one has used the GPU already, so --cuda_devices could no longer choose it)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    workdir = Path(tempfile.mkdtemp(prefix="esvllm-gpu-loop-"))
+    result = workdir / "result.json"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.gpu_loop", "--device", device, "--size", size,
+                           "--out", str(workdir / "run"), "--json", str(result)], capture_output=True, text=True,
+                          timeout=900)
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmarks.gpu_loop exited {done.returncode}:\n{done.stderr[-4000:]}")
+    return json.loads(result.read_text())
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])

@@ -25,7 +25,7 @@ def test_the_bf16_options_section_passes_on_cpu_against_itself():
 
 
 def test_the_loop_section_runs_in_its_own_process_and_reports_what_held():
-    from benchmarks.gpu_check import loop_in_a_new_process
+    from benchmarks.gpu_loop import loop_in_a_new_process
 
     loop = loop_in_a_new_process("cpu", size="toy")  # on a GPU: the 0.5B shape in bf16
     assert loop["resumed_metrics_equal"] and loop["resumed_weights_bit_identical"] and loop["eval_equals_in_loop_eval"]
