@@ -12,11 +12,10 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from pathlib import Path
 
 from engines.backends import actor_class
 from engines.options import EngineOptions, actor_env, actor_options
-from engines.pool import EngineHandle
+from engines.pool import EngineHandle, check_model_dir
 
 
 class Done:
@@ -44,16 +43,15 @@ class LocalHandle(EngineHandle):
 class LocalPool:
     """EnginePool's interface over one engine in this process."""
 
-    def __init__(self, model_path: str, options: EngineOptions, engine: LocalHandle):
+    def __init__(self, model_path: str, options: EngineOptions, engine: LocalHandle, set_num_threads):
         self.model_path = model_path
         self.options = options
         self.engines = [engine]
+        self.set_num_threads = set_num_threads  # torch's own, put back at shutdown
 
     @classmethod
     def start(cls, model_path: str, options: EngineOptions) -> "LocalPool":
-        if not (Path(model_path) / "config.json").is_file():
-            raise FileNotFoundError(f"{model_path}: not a model directory (no config.json); pass a checkpoint "
-                                    "directory (esvllm.models.resolve_model turns a built-in or Hub name into one)")
+        check_model_dir(model_path)
         if options.num_engines != 1 or options.tensor_parallel_size != 1:
             raise ValueError("in-process mode runs one engine of one device (num_engines 1, tensor_parallel_size 1)")
         import torch
@@ -66,9 +64,7 @@ class LocalPool:
         engine = LocalHandle(0, actor)
         engine.info = actor.ready()
         engine.info.setdefault("start_s", time.perf_counter() - started)
-        pool = cls(model_path, options, engine)
-        pool.set_num_threads = set_num_threads
-        return pool
+        return cls(model_path, options, engine, set_num_threads)
 
     @staticmethod
     def wait_any(refs: list, timeout: float | None = None) -> list:

@@ -90,6 +90,14 @@ class EngineHandle:
         return self.call("generate", list(prompts), dict(sampling))
 
 
+def check_model_dir(model_path: str) -> None:
+    from pathlib import Path
+
+    if not (Path(model_path) / "config.json").is_file():
+        raise FileNotFoundError(f"{model_path}: not a model directory (no config.json); pass a checkpoint "
+                                "directory (esvllm.models.resolve_model turns a built-in or Hub name into one)")
+
+
 def start_engines(model_path: str, options: EngineOptions, ray_address: str | None = None):
     """The run's engines: Ray actors (EnginePool), or with options.in_process one engine in this process."""
     if options.in_process:
@@ -116,11 +124,7 @@ class EnginePool:
         import ray
         from ray.util.placement_group import placement_group
 
-        from pathlib import Path
-
-        if not (Path(model_path) / "config.json").is_file():  # before Ray or vLLM start
-            raise FileNotFoundError(f"{model_path}: not a model directory (no config.json); pass a checkpoint "
-                                    "directory (esvllm.models.resolve_model turns a built-in or Hub name into one)")
+        check_model_dir(model_path)  # before Ray or vLLM start
         tp = options.tensor_parallel_size
         start_ray(options, ray_address)  # a no-op when the caller started Ray (esvllm.run does)
         if options.device == "cpu":

@@ -2,9 +2,11 @@
 test_tensor_parallel.py and test_lowrank.py): every HF tensor moves by sigma * eps and comes back
 exactly; a two-rank engine holds the one-rank weights bit for bit; each low-rank member served as a
 LoRA adapter generates what the dense engine with W + sigma * E generates; and the exported model
-generates in transformers and in a fresh vLLM engine what the engine generates."""
+generates in transformers what the engine generates, its files holding the master's tensors (an
+export loading in a fresh vLLM engine: tests/engine/test_engine_precision.py, the same writer)."""
 
 import json
+import types
 from pathlib import Path
 
 import pytest
@@ -25,30 +27,28 @@ SIGMA, RANK = 0.05, 2
 
 
 @pytest.fixture(scope="module", params=["tiny-llama", "tiny-qwen3", "tiny-qwen3-moe"])
-def family_engine(request, ray_session):
-    pool = start_pool(resolve_model(request.param), num_engines=1)
-    pool.engines[0].model = resolve_model(request.param)
-    yield pool.engines[0]
-    pool.shutdown()
+def family(request, ray_session):
+    """A family's engines, started at once (their start-ups overlap): one rank, two ranks, and (not
+    for a MoE, refused in low-rank mode) one with LoRA slots, all from the same checkpoint. The tests
+    below keep them on the same base weights: each restores what it perturbs or updates all alike;
+    the export test, which updates the one-rank engine alone, comes last."""
+    from concurrent.futures import ThreadPoolExecutor
 
-
-@pytest.fixture(scope="module")
-def started_from_export(family_engine, tmp_path_factory):
-    """Start engines of other kinds from the family engine's current base weights (its export)."""
-    pools = []
-
-    def start(**overrides):
-        base = family_engine.export(str(tmp_path_factory.mktemp("family") / "base"))
-        pools.append(start_pool(base, num_engines=1, **overrides))
-        return pools[-1].engines[0]
-
-    yield start
-    for pool in pools:
+    model = resolve_model(request.param)
+    kinds = {"dense": {}, "sharded": {"tensor_parallel_size": 2}}
+    if "moe" not in request.param:
+        kinds["lowrank"] = {"lowrank_slots": len(MEMBERS), "lowrank_rank": RANK}
+    with ThreadPoolExecutor(len(kinds)) as starting:
+        pools = {kind: starting.submit(start_pool, model, num_engines=1, **options) for kind, options in kinds.items()}
+        pools = {kind: future.result() for kind, future in pools.items()}
+    engines = types.SimpleNamespace(model=model, **{"lowrank": None, **{kind: pool.engines[0] for kind, pool in pools.items()}})
+    yield engines
+    for pool in pools.values():
         pool.shutdown()
 
 
-def test_every_hf_tensor_moves_by_sigma_eps_and_restores_exactly(family_engine):
-    moves_by_sigma_eps_and_restores_exactly(family_engine)
+def test_every_hf_tensor_moves_by_sigma_eps_and_restores_exactly(family):
+    moves_by_sigma_eps_and_restores_exactly(family.dense)
 
 
 def moves_by_sigma_eps_and_restores_exactly(engine, sigma=0.01, seed=777):
@@ -68,10 +68,49 @@ def moves_by_sigma_eps_and_restores_exactly(engine, sigma=0.01, seed=777):
     assert restored["served"] == restored["master"]  # an fp32 engine serves its master's bits again
 
 
-def test_the_export_generates_in_transformers_what_the_engine_generates(family_engine, tmp_path):
+def test_each_low_rank_member_generates_what_the_dense_engine_with_its_weights_does(family):
+    dense, lowrank = family.dense, family.lowrank
+    if lowrank is None:
+        pytest.skip("low-rank mode is refused for mixture-of-experts models before start (tests/unit/test_families.py)")
+    base = dense.generate(PROMPTS, SAMPLING)
+    batched = lowrank.call("rollout_lowrank", MEMBERS, SIGMA, RANK, PROMPTS, SAMPLING)["members"]
+    for (seed, _), member in zip(MEMBERS, batched):
+        dense.call("rpc", "perturb_lowrank", seed, SIGMA, RANK)  # W + sigma * A B^T / sqrt(r), materialised
+        want = dense.generate(PROMPTS, SAMPLING)
+        assert [c["text"] for c in member["completions"]] == [c["text"] for c in want], seed
+        for got, expected in zip(member["completions"], want):
+            for g, w in zip(got["logprobs"], expected["logprobs"]):
+                token = next(iter(g))
+                assert abs(g[token] - w[token]) < 1e-4
+    assert any([c["text"] for c in m["completions"]] != [c["text"] for c in base] for m in batched)
+    dense.restore()
+    # The memory plan's LoRA term, embed_tokens' and lm_head's LoRA layers included, is what vLLM allocated.
+    shape = ModelShape.from_config(json.loads((Path(family.model) / "config.json").read_text()))
+    planned = len(MEMBERS) * lora_rank_for(RANK) * shape.lora_elements_per_slot_rank(1) * 4  # fp32 on CPU
+    assert shape.embedding_lora and lowrank.call("rpc", "lora_buffer_bytes") == planned
+
+
+def test_two_ranks_hold_the_one_rank_weights_bit_for_bit(family):
+    one, two = family.dense, family.sharded
+    assert two.info["ranks"] == 2 and two.info["tensors"] == one.info["tensors"]
+    assert [c["text"] for c in two.generate(PROMPTS, GREEDY)] == [c["text"] for c in one.generate(PROMPTS, GREEDY)]
+    for engine in (one, two):
+        engine.perturb(4242, 0.02)
+    a, b = one.read_weights(), two.read_weights()  # the ranks' shards assembled into HF tensors
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[n], b[n]) for n in a), [n for n in a if not torch.equal(a[n], b[n])]
+    assert one.checksum() == two.checksum()
+    pairs = [(7, 3e-3), (8, -2e-3)]
+    for engine in (one, two):
+        engine.apply_update(pairs)
+    a, b = one.master_weights(), two.master_weights()
+    assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_the_export_generates_in_transformers_what_the_engine_generates(family, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    engine = family_engine
+    engine = family.dense
     engine.apply_update([(5, 2e-2), (6, -1e-2)])
     want = [c["text"] for c in engine.generate(PROMPTS, GREEDY)]
     path = engine.export(str(tmp_path / "final"))
@@ -91,48 +130,6 @@ def test_the_export_generates_in_transformers_what_the_engine_generates(family_e
         exported.update(load_file(str(file)))
     assert exported.keys() == master.keys()
     assert all(torch.equal(exported[n], master[n]) for n in master)
-
-
-def test_two_ranks_hold_the_one_rank_weights_bit_for_bit(family_engine, started_from_export):
-    one = family_engine
-    two = started_from_export(tensor_parallel_size=2)  # a fresh engine loading the export
-    assert two.info["ranks"] == 2 and two.info["tensors"] == one.info["tensors"]
-    assert [c["text"] for c in two.generate(PROMPTS, GREEDY)] == [c["text"] for c in one.generate(PROMPTS, GREEDY)]
-    for engine in (one, two):
-        engine.perturb(4242, 0.02)
-    a, b = one.read_weights(), two.read_weights()  # the ranks' shards assembled into HF tensors
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[n], b[n]) for n in a), [n for n in a if not torch.equal(a[n], b[n])]
-    assert one.checksum() == two.checksum()
-    pairs = [(7, 3e-3), (8, -2e-3)]
-    for engine in (one, two):
-        engine.apply_update(pairs)
-    a, b = one.master_weights(), two.master_weights()
-    assert all(torch.equal(a[n], b[n]) for n in a)
-
-
-def test_each_low_rank_member_generates_what_the_dense_engine_with_its_weights_does(family_engine,
-                                                                                  started_from_export):
-    dense = family_engine
-    if "moe" in dense.model:
-        pytest.skip("low-rank mode is refused for mixture-of-experts models before start (tests/unit/test_families.py)")
-    lowrank = started_from_export(lowrank_slots=len(MEMBERS), lowrank_rank=RANK)
-    base = dense.generate(PROMPTS, SAMPLING)
-    batched = lowrank.call("rollout_lowrank", MEMBERS, SIGMA, RANK, PROMPTS, SAMPLING)["members"]
-    for (seed, _), member in zip(MEMBERS, batched):
-        dense.call("rpc", "perturb_lowrank", seed, SIGMA, RANK)  # W + sigma * A B^T / sqrt(r), materialised
-        want = dense.generate(PROMPTS, SAMPLING)
-        assert [c["text"] for c in member["completions"]] == [c["text"] for c in want], seed
-        for got, expected in zip(member["completions"], want):
-            for g, w in zip(got["logprobs"], expected["logprobs"]):
-                token = next(iter(g))
-                assert abs(g[token] - w[token]) < 1e-4
-    assert any([c["text"] for c in m["completions"]] != [c["text"] for c in base] for m in batched)
-    dense.restore()
-    # The memory plan's LoRA term, embed_tokens' and lm_head's LoRA layers included, is what vLLM allocated.
-    shape = ModelShape.from_config(json.loads((Path(dense.model) / "config.json").read_text()))
-    planned = len(MEMBERS) * lora_rank_for(RANK) * shape.lora_elements_per_slot_rank(1) * 4  # fp32 on CPU
-    assert shape.embedding_lora and lowrank.call("rpc", "lora_buffer_bytes") == planned
 
 
 def test_experts_kept_in_another_layout_than_the_mapped_one_are_refused_at_start(monkeypatch):
