@@ -181,3 +181,30 @@ def test_every_mixtral_tensor_moves_by_sigma_eps_and_restores_exactly():
         assert any(".block_sparse_moe.experts.3.w3." in n for n in pool.engines[0].master_weights())
     finally:
         pool.shutdown()
+
+
+def test_a_qwen3_moe_run_ends_at_base_plus_the_logged_updates_for_every_expert(tmp_path):
+    """The whole loop on a MoE (one in-process vLLM engine): every iteration's sync check reads the
+    served experts through the packed kernel, and final/ is the ES definition recomputed here from
+    the logged seeds and rewards, every expert tensor included."""
+    import statistics
+
+    from esvllm.run import main
+    from esvllm.runlog import read_metrics
+
+    model = resolve_model("tiny-qwen3-moe")
+    run = main(["--model_name", "tiny-qwen3-moe", "--task", "conciseness", "--in_process", "--population_size", "4",
+                "--num_iterations", "2", "--sigma", "0.05", "--alpha", "0.01", "--data_sample", "6", "--test_size", "4",
+                "--max_tokens", "12", "--max_model_len", "128", "--global_seed", "3", "--output_dir", str(tmp_path)])
+    base, final = load_file(f"{model}/model.safetensors"), load_file(str(run / "final" / "model.safetensors"))
+    records = read_metrics(run)
+    assert all(len(set(r["rewards"])) > 1 for r in records)  # members differed: the update moved
+    for name, expected in base.items():
+        expected = expected.clone()
+        for record in records:  # z-scores of the logged rewards, alpha / N
+            rewards = record["rewards"]
+            mean, std = statistics.fmean(rewards), statistics.pstdev(rewards)
+            for seed, reward in zip(record["seeds"], rewards):
+                expected += 0.01 / len(rewards) * (reward - mean) / std * noise(seed, name, expected.shape)
+        torch.testing.assert_close(final[name], expected, rtol=1e-6, atol=1e-7, msg=lambda m: f"{name}: {m}")
+    assert any(".mlp.experts.3.down_proj." in name for name in final)
