@@ -2,8 +2,8 @@
 test_tensor_parallel.py and test_lowrank.py): every HF tensor moves by sigma * eps and comes back
 exactly; a two-rank engine holds the one-rank weights bit for bit; each low-rank member served as a
 LoRA adapter generates what the dense engine with W + sigma * E generates; and the exported model
-generates in transformers what the engine generates, its files holding the master's tensors (an
-export loading in a fresh vLLM engine: tests/engine/test_engine_precision.py, the same writer)."""
+generates in transformers and in a fresh (in-process) vLLM engine what the engine generates, its
+files holding the master's tensors."""
 
 import json
 import types
@@ -107,8 +107,13 @@ def test_two_ranks_hold_the_one_rank_weights_bit_for_bit(family):
     assert all(torch.equal(a[n], b[n]) for n in a)
 
 
-def test_the_export_generates_in_transformers_what_the_engine_generates(family, tmp_path):
+def test_the_export_generates_in_transformers_and_a_fresh_vllm_engine_what_the_engine_generates(family, tmp_path):
+    import dataclasses
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from engines.local import LocalPool
+    from tests.helpers import engine_options
 
     engine = family.dense
     engine.apply_update([(5, 2e-2), (6, -1e-2)])
@@ -130,6 +135,11 @@ def test_the_export_generates_in_transformers_what_the_engine_generates(family, 
         exported.update(load_file(str(file)))
     assert exported.keys() == master.keys()
     assert all(torch.equal(exported[n], master[n]) for n in master)
+    fresh = LocalPool.start(path, dataclasses.replace(engine_options(), in_process=True))  # vLLM loading final/
+    try:
+        assert [c["text"] for c in fresh.engines[0].generate(PROMPTS, GREEDY)] == want
+    finally:
+        fresh.shutdown()
 
 
 def test_experts_kept_in_another_layout_than_the_mapped_one_are_refused_at_start(monkeypatch):
