@@ -6,7 +6,8 @@ Three iterations of `python -m esvllm.run --engine hf --in_process` (one engine 
 Ray) with a checkpoint every iteration; the same run stopped after two and resumed must end with
 the same metrics and the same final weights, bit for bit; `final/` is then evaluated by
 `python -m esvllm.eval --in_process` and must score what the run's own last evaluation scored.
-On CPU (tests/unit/test_gpu_loop.py) the same check runs with the built-in tiny model.
+On CPU (tests/unit/test_in_process.py) the same check runs with the built-in tiny model, with Ray and
+vLLM made unimportable.
 """
 
 from __future__ import annotations

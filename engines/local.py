@@ -90,13 +90,17 @@ class LocalPool:
 def engine_environment(options: EngineOptions):
     """While the engine is created, what a Ray actor gets as its runtime_env (vLLM reads it then: its
     cores, no engine subprocess); this process's own environment afterwards (its progress bars)."""
-    saved = dict(os.environ)
-    os.environ.update({k: v for k, v in actor_env(options, 0).items() if k != "TQDM_DISABLE"})
+    setting = {k: v for k, v in actor_env(options, 0).items() if k != "TQDM_DISABLE"}
+    saved = {k: os.environ.get(k) for k in setting}
+    os.environ.update(setting)
     try:
         yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    finally:  # only what was set here: what vLLM itself set while starting stays
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def select_gpu(options: EngineOptions) -> None:

@@ -46,3 +46,39 @@ def test_in_process_mode_refuses_a_second_engine_or_a_cluster_naming_the_flag(co
     if flag in ("num_engines", "cuda_devices"):
         with pytest.raises(ValueError, match=f"--{flag} {value!r}.*--in_process"):
             EvalConfig(model="tiny", in_process=True, **{k: v for k, v in config.items() if k != "tensor_parallel_size"})
+
+
+def test_the_engine_is_created_in_the_actors_environment_and_this_process_gets_its_own_back(monkeypatch, tiny_model):
+    import dataclasses
+    import os
+
+    import engines.local
+    from engines.fake import FakeEngineActor
+    from tests.helpers import engine_options
+
+    seen = {}
+
+    class Recording(FakeEngineActor):
+        def __init__(self, *args):
+            seen.update(os.environ)
+            super().__init__(*args)
+
+    monkeypatch.setattr(engines.local, "actor_class", lambda backend: Recording)
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")  # the driver's own value
+    before = dict(os.environ)
+    options = dataclasses.replace(engine_options(), backend="fake", in_process=True)
+    pool = engines.local.LocalPool.start(tiny_model, options)
+    pool.shutdown()
+    assert seen["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0" and seen["VLLM_CPU_OMP_THREADS_BIND"]  # as an actor's
+    assert dict(os.environ) == before
+
+
+def test_a_dry_run_in_process_names_this_process_as_the_one_that_sees_the_gpu(capsys):
+    from esvllm.run import main
+
+    with pytest.raises(SystemExit) as planned:
+        main(["--model_name", "tiny", "--task", "conciseness", "--in_process", "--cuda_devices", "3",
+              "--gpu_memory_gb", "80", "--dry_run"])
+    assert planned.value.code == 0
+    assert "GPUs: 3 (CUDA_VISIBLE_DEVICES of this process, --in_process): 1 engine(s)" in capsys.readouterr().out
