@@ -43,3 +43,18 @@ def test_countdown_runs_on_a_llama_with_its_chat_template_and_final_keeps_its_eo
     final = run / "final"
     assert json.loads((final / "generation_config.json").read_text())["eos_token_id"][1] == stop
     assert json.loads((final / "tokenizer_config.json").read_text())["chat_template"] == LLAMA3_CHAT_TEMPLATE
+
+
+def test_esvllm_eval_puts_the_built_in_prompts_through_the_chat_template_too(tmp_path):
+    import json
+
+    from esvllm.eval import main as evaluate
+
+    model, _ = llama3_conventions(tmp_path, PROMPTS[0])
+    out = tmp_path / "eval.jsonl"
+    evaluate(["--model", model, "--task", "countdown", "--engine", "hf", "--in_process", "--template", "chat",
+              "--data_sample", "4", "--test_size", "2", "--max_tokens", "4", "--output", str(out)])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 2
+    assert all(r["prompt"].startswith("<|start_header_id|>user<|end_header_id|>\n\nYou are a helpful assistant.")
+               and r["prompt"].endswith("<|start_header_id|>assistant<|end_header_id|>\n\n") for r in rows)
