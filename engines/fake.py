@@ -51,7 +51,7 @@ class FakeEngineActor(EngineActorBase):
         self.lowrank_slots = options.get("lowrank_slots", 0)
         self.corrupt_at, self.corrupt_what = corrupt_spec(index)  # after which update, and master or served
         self.updates = 0
-        self.info = self.es.info()
+        self.info = {**self.es.info(), **memory_spec()}
         self.describe(index, started, backend="fake")
 
     def _write_all(self, write) -> None:
@@ -131,6 +131,16 @@ def corrupt_spec(index: int) -> tuple[int | None, str]:
         return None, "master"
     target, k, *what = spec.split(":")
     return (int(k) if int(target) == index else None), (what[0] if what else "master")
+
+
+def memory_spec() -> dict:
+    """What a vLLM engine measures at start (engines.vllm_actor.memory_facts), as a test sets it
+    (ESVLLM_FAKE_MEMORY="kv_cache_tokens:cuda_graph_bytes"); none otherwise."""
+    spec = os.environ.get("ESVLLM_FAKE_MEMORY", "")
+    if not spec:
+        return {}
+    tokens, graphs = spec.split(":")
+    return {"kv_cache_tokens": int(tokens), "cuda_graph_bytes": int(graphs)}
 
 
 def hold_spec(index: int) -> tuple[str, int, str] | None:

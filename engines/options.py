@@ -18,6 +18,7 @@ QUIET_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_LEVEL": os.env
 # The driver's choices that the engines' processes must see too (Ray's workers keep the environment
 # Ray started with): the CPU kernel level cap, the kernel cache, and the tests' fault injection.
 FORWARDED_ENV = ("ESVLLM_CPU_KERNEL", "ESVLLM_KERNEL_FAULT", "ESVLLM_CACHE", "ESVLLM_FAKE_CORRUPT", "ESVLLM_FAKE_HOLD",
+                 "ESVLLM_FAKE_MEMORY",
                  "VLLM_USE_V2_MODEL_RUNNER")
 
 

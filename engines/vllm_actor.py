@@ -50,6 +50,7 @@ class VLLMEngineActor(EngineActorBase):
 
             self.files = {n: (Path(model_path) / n).read_bytes() for n in CHECKPOINT_FILES
                           if (Path(model_path) / n).is_file()}
+        self.info.update(memory_facts(self.llm))
         self.describe(index, started, cpu_bind=os.environ.get("VLLM_CPU_OMP_THREADS_BIND"))
 
     def rpc(self, method: str, *args):
@@ -129,6 +130,19 @@ class VLLMEngineActor(EngineActorBase):
 
         outputs = self.llm.generate(prompts, SamplingParams(**sampling), use_tqdm=False)
         return [_completion(o.outputs[0]) for o in outputs]
+
+
+def memory_facts(llm) -> dict:
+    """What vLLM allocated and measured at start, for the run to compare with its memory plan: the KV
+    cache's capacity in tokens, and the CUDA-graph memory it took out of the KV cache (0 without graphs)."""
+    cache = llm.llm_engine.vllm_config.cache_config
+    graphs = llm.collective_rpc(_measured_cuda_graph_bytes)
+    return {"kv_cache_tokens": int(cache.num_gpu_blocks or 0) * int(cache.block_size), "cuda_graph_bytes": max(graphs)}
+
+
+def _measured_cuda_graph_bytes(worker) -> int:
+    """Run in each worker: vLLM's GPU worker keeps its start-up estimate (v1/worker/gpu_worker.py)."""
+    return int(getattr(worker, "cudagraph_memory_estimate", 0) or 0)
 
 
 def _completion(output) -> dict:

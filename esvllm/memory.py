@@ -11,7 +11,8 @@ Per GPU (tensor parallel size T):
   vLLM        gpu_memory_utilization x GPU memory: the model, activations (vLLM profiles a batch of
               16,384 tokens on GPUs of 70 GiB and more other than A100s, else 8,192), the LoRA slot
               buffers in low-rank mode (slots x vLLM's LoRA rank x every block linear's A and B),
-              CUDA graphs (not counted: vLLM measures them at start), KV cache
+              CUDA graphs (an allowance, `cuda_graph_bytes`: vLLM measures them at start and takes
+              them out of the KV cache; each engine reports what it measured), KV cache
   reserve     CUDA context and allocator slack outside both
 
 vLLM takes its share when the engine starts; the ES state is allocated afterwards in what is left,
@@ -29,6 +30,9 @@ GIB = 2**30
 CONTEXT_RESERVE = int(1.5 * GIB)  # CUDA context, NCCL and cuBLAS workspaces outside PyTorch's pool
 CHECKSUM_TEMPORARY = 7 * 2**20 * 8 * 4  # the checksum's int64 chunk, its indices, weights and product
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+# Per captured CUDA graph beyond the first: an allowance, not a measurement (vLLM's own floor is 1 MiB;
+# no GPU has run this code). Engines report vLLM's measured figure, and the run warns when it is larger.
+GRAPH_ALLOWANCE = 4 * 2**20
 
 
 @dataclasses.dataclass
@@ -120,6 +124,7 @@ class MemoryPlan:
     activation_bytes: int
     kv_cache_bytes: int  # what vLLM's share leaves for the KV cache
     lora_bytes: int  # vLLM's LoRA slot buffers (low-rank mode)
+    cuda_graph_bytes: int  # the allowance for vLLM's CUDA graphs (cuda_graph_allowance)
     update_temporary_bytes: int  # the update's largest temporary (in the ES state)
     kv_cache_needed_bytes: int
     sequences: int
@@ -137,6 +142,7 @@ class MemoryPlan:
                  f"  model weights {gb(self.model_bytes)}, ES state {gb(self.es_state_bytes)} (update temporaries "
                  f"{gb(self.update_temporary_bytes)}), activations ~{gb(self.activation_bytes)}"
                  + (f", LoRA slots {gb(self.lora_bytes)}" if self.lora_bytes else "")
+                 + f", CUDA graphs ~{gb(self.cuda_graph_bytes)}"
                  + f", reserve {gb(CONTEXT_RESERVE)}",
                  f"  vLLM gpu_memory_utilization {self.gpu_memory_utilization:.3f}: KV cache {gb(self.kv_cache_bytes)} "
                  f"for {self.sequences} sequences x {self.tokens_per_sequence} tokens = "
@@ -149,7 +155,7 @@ def plan(shape: ModelShape, gpu_memory_bytes: int, *, model_dtype: str = "bfloat
          tensor_parallel_size: int = 1, sequences: int = 1, tokens_per_sequence: int = 1024,
          optimizer_state_bytes_per_parameter: int = 0, max_num_batched_tokens: int = 8192,
          gpu_memory_utilization: float | None = None, optimizer: str = "sgd", lora_slots: int = 0,
-         lora_rank: int = 0, lowrank_members: int = 0, lowrank_rank: int = 0) -> MemoryPlan:
+         lora_rank: int = 0, lowrank_members: int = 0, lowrank_rank: int = 0, max_num_seqs: int = 256) -> MemoryPlan:
     """Memory per GPU of one engine; `gpu_memory_utilization` overrides the computed share.
     Low-rank mode: `lora_slots` adapters of vLLM's `lora_rank` per engine, and an update of
     `lowrank_members` members of rank `lowrank_rank`."""
@@ -168,11 +174,12 @@ def plan(shape: ModelShape, gpu_memory_bytes: int, *, model_dtype: str = "bfloat
     # plus the sampler's logits for its sequences.
     activations = (max_num_batched_tokens * (shape.hidden * 6 + shape.intermediate * 4 // tp) * model_bytes_per
                    + 256 * shape.vocab * 4)
+    graphs = cuda_graph_allowance(shape, max_num_seqs, tp, model_bytes_per, lora=bool(lora_slots))
     share = gpu_memory_utilization
     if share is None:
         share = max(0.0, (gpu_memory_bytes - es_state - CONTEXT_RESERVE) / gpu_memory_bytes)
     share = math.floor(share * 1000) / 1000
-    kv_available = int(share * gpu_memory_bytes) - model_bytes - activations - lora
+    kv_available = int(share * gpu_memory_bytes) - model_bytes - activations - lora - graphs
     kv_needed = sequences * tokens_per_sequence * shape.kv_bytes_per_token(model_bytes_per, tp)
     reasons = []
     if share * gpu_memory_bytes + es_state + CONTEXT_RESERVE > gpu_memory_bytes:
@@ -193,9 +200,49 @@ def plan(shape: ModelShape, gpu_memory_bytes: int, *, model_dtype: str = "bfloat
     return MemoryPlan(fits=not reasons, gpu_memory_gb=gpu_memory_bytes / 1e9, tensor_parallel_size=tp,
                       parameters=params, model_bytes=model_bytes, es_state_bytes=es_state,
                       activation_bytes=activations, kv_cache_bytes=max(kv_available, 0), lora_bytes=lora,
+                      cuda_graph_bytes=graphs,
                       update_temporary_bytes=temporary,
                       kv_cache_needed_bytes=kv_needed, sequences=sequences, tokens_per_sequence=tokens_per_sequence,
                       gpu_memory_utilization=share, reasons=reasons)
+
+
+def measured_shortfalls(plan: MemoryPlan, engines: list[dict]) -> list[str]:
+    """What the engines measured at start (engines.vllm_actor.memory_facts) against the plan: a KV
+    cache that holds fewer tokens than the run's sequences need (vLLM then runs them in smaller
+    batches: slower, not wrong), CUDA graphs larger than the plan's allowance."""
+    needed = plan.sequences * plan.tokens_per_sequence
+    notes = []
+    for info in engines:
+        name = f"engine {info.get('index', '?')}"
+        tokens, graphs = info.get("kv_cache_tokens"), info.get("cuda_graph_bytes") or 0
+        if graphs > plan.cuda_graph_bytes:
+            notes.append(f"{name}: vLLM's CUDA graphs took {graphs / GIB:.2f} GiB of the KV cache, the plan allowed "
+                         f"{plan.cuda_graph_bytes / GIB:.2f} GiB")
+        if tokens is not None and tokens < needed:
+            notes.append(f"{name}: the KV cache holds {tokens} tokens, the run's {plan.sequences} sequences x "
+                         f"{plan.tokens_per_sequence} tokens need {needed}; vLLM runs them in smaller batches "
+                         "(slower). To fix: fewer prompts per iteration (--batch_size), a shorter --max_tokens, or "
+                         "--tensor_parallel_size")
+    return notes
+
+
+def capture_sizes(max_num_seqs: int) -> list[int]:
+    """The batch sizes vLLM 0.32 captures a graph for by default (config/vllm.py, _set_cudagraph_sizes):
+    1, 2, 4, multiples of 8 below 256, then of 16, up to min(2 x max_num_seqs, 512)."""
+    largest = min(2 * max_num_seqs, 512)
+    return [s for s in [1, 2, 4, *range(8, 256, 8), *range(256, largest + 1, 16)] if s <= largest]
+
+
+def cuda_graph_allowance(shape: ModelShape, max_num_seqs: int, tp: int, dtype_bytes: int, lora: bool) -> int:
+    """What vLLM's CUDA graphs may take out of the KV cache, estimated the way vLLM 0.32 measures them
+    (v1/worker/gpu_model_runner.py, profile_cudagraph_memory): the shared pool of the largest graph
+    (a forward pass of its tokens' activations) plus each further graph; PIECEWISE graphs for every
+    size, FULL ones for decode batches up to max_num_seqs; with LoRA every graph is captured twice
+    (with and without adapters: cudagraph_specialize_lora)."""
+    sizes = capture_sizes(max_num_seqs)
+    graphs = (len(sizes) + sum(s <= max_num_seqs for s in sizes)) * (2 if lora else 1)
+    pool = max(sizes) * (shape.hidden * 6 + shape.intermediate * 4 // tp) * dtype_bytes
+    return pool + (graphs - 1) * GRAPH_ALLOWANCE
 
 
 def update_temporary(shape: ModelShape, optimizer: str, lowrank_members: int, lowrank_rank: int, tp: int) -> int:

@@ -84,7 +84,7 @@ def memory_plan(config, model_dir: str, longest_prompt: int, optimizer_bytes: in
                 optimizer_state_bytes_per_parameter=optimizer_bytes,
                 max_num_batched_tokens=batched_tokens(memory, gpu_name(config)),
                 gpu_memory_utilization=config.gpu_memory_utilization, optimizer=config.optimizer,
-                **variant.plan_terms())
+                max_num_seqs=EngineOptions.max_num_seqs, **variant.plan_terms())
 
 
 def preflight(config, model_dir: str, train: list[dict], evals: dict[str, list[dict]]) -> tuple[MemoryPlan | None, dict]:

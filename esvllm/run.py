@@ -22,6 +22,7 @@ from pathlib import Path
 
 from esvllm.cli import build_parser
 from esvllm.config import RunConfig, load_experiment
+from esvllm.memory import measured_shortfalls
 from esvllm.machine import check_environment
 
 ALIASES = {"output_dir": ["--experiment_dir"], "model_name": ["--model"]}
@@ -184,6 +185,9 @@ def train(config: RunConfig, inputs: dict | None = None) -> Path:
             print(f"{len(pool.engines)} engine(s) ready in {time.perf_counter() - started:.1f}s", flush=True)
             write_atomic(run_dir / "engines.json", json.dumps([e.info for e in pool.engines], indent=2))
             warn_about_kernels(pool.engines)
+            if inputs["plan"] is not None:  # what vLLM measured at start, against the plan
+                for note in measured_shortfalls(inputs["plan"], [e.info for e in pool.engines]):
+                    logging.getLogger(__name__).warning("memory plan: %s", note)
             fleet = Fleet(pool, log, weights)
             fleet.catch_up_all()  # resume: replay the update log since the starting weights
             coordinator = Coordinator(config, fleet, train_set, scorer, runlog, evaluator, run_dir, records)

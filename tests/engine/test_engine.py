@@ -160,3 +160,19 @@ def test_one_wrong_element_inside_a_packed_kernel_is_seen_by_the_served_checksum
     finally:
         a.restore()
     assert a.checksum() == b.checksum()
+
+
+def test_the_engine_reports_the_kv_cache_vllm_allocated_and_no_cuda_graphs_on_cpu(engine_pair, tiny_model):
+    # What the run compares with its memory plan (esvllm.memory.measured_shortfalls): read from vLLM,
+    # checked against the KV cache the CPU options ask for, computed here from the model's shape.
+    import json
+
+    from engines.options import VLLM_MAX_NUM_SEQS
+
+    cfg = json.loads(open(f"{tiny_model}/config.json").read())
+    head_dim = cfg["hidden_size"] // cfg["num_attention_heads"]
+    per_token = 2 * cfg["num_hidden_layers"] * cfg["num_key_value_heads"] * head_dim * 4  # K and V, fp32
+    asked = max(64 * 2**20, per_token * 512 * VLLM_MAX_NUM_SEQS)  # the tests' max_model_len 512
+    for engine in engine_pair:
+        assert engine.info["kv_cache_tokens"] == asked // per_token  # 131,072 tokens: whole blocks
+        assert engine.info["cuda_graph_bytes"] == 0  # enforce_eager: vLLM captures no graphs on CPU

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from esvllm.memory import CHECKSUM_TEMPORARY, CONTEXT_RESERVE, GIB, ModelShape, batched_tokens, plan, update_temporary
+from esvllm.memory import (CHECKSUM_TEMPORARY, CONTEXT_RESERVE, GIB, GRAPH_ALLOWANCE, ModelShape, batched_tokens,
+                           measured_shortfalls, plan, update_temporary)
 from esvllm.model_shapes import qwen25_config, write_qwen25_shaped
 
 GB = 10**9
@@ -93,7 +94,8 @@ def test_llama_and_qwen3_lora_terms_add_the_embedding_and_lm_head_layers_vllm_wr
 def test_lora_buffers_come_out_of_the_kv_cache_and_a_rank_that_cannot_fit_is_refused_with_the_fix():
     shape = ModelShape.from_config(qwen25_config("7B"))
     plain, lowrank = plan(shape, 80 * GB, sequences=64), plan(shape, 80 * GB, sequences=64, lora_slots=32, lora_rank=64)
-    assert plain.kv_cache_bytes - lowrank.kv_cache_bytes == lowrank.lora_bytes
+    graphs_with_lora = lowrank.cuda_graph_bytes - plain.cuda_graph_bytes  # every graph captured twice with LoRA
+    assert plain.kv_cache_bytes - lowrank.kv_cache_bytes == lowrank.lora_bytes + graphs_with_lora
     refused = plan(shape, 80 * GB, sequences=64, lora_slots=32, lora_rank=512)
     assert not refused.fits and any("a smaller --rank" in r for r in refused.reasons)
 
@@ -122,3 +124,48 @@ def test_a_low_rank_dry_run_plans_the_lora_slots_and_every_members_sequences(tmp
     assert code == 0 and result["fits"] and result["cuda_devices"] == [4, 5]
     assert "GPUs: 4,5" in stdout and "LoRA slots" in stdout
     assert result["lora_bytes"] > 0 and result["sequences"] == 256  # 200 prompts x 15 members, at most max_num_seqs
+
+
+def test_cuda_graphs_are_allowed_for_as_vllm_captures_them_and_come_out_of_the_kv_cache():
+    # vLLM 0.32 (config/vllm.py, gpu_model_runner.profile_cudagraph_memory): with max_num_seqs 256 it
+    # captures batch sizes 1, 2, 4, 8..248 by 8, 256..512 by 16 (51 sizes) as PIECEWISE graphs and
+    # those up to 256 (35) as FULL decode graphs; both share one pool, sized by the largest graph.
+    # With LoRA each is captured with and without adapters.
+    shape = ModelShape.from_config(qwen25_config("7B"))
+    pool = 512 * (3584 * 6 + 18944 * 4) * 2  # a bf16 forward pass of 512 tokens' activations
+    plain = plan(shape, 80 * GB, sequences=64)
+    assert plain.cuda_graph_bytes == pool + (51 + 35 - 1) * GRAPH_ALLOWANCE
+    assert plan(shape, 80 * GB, sequences=64, lora_slots=4, lora_rank=8).cuda_graph_bytes == pool + (172 - 1) * GRAPH_ALLOWANCE
+    assert plan(shape, 80 * GB, sequences=64, max_num_seqs=4).cuda_graph_bytes == 8 * (3584 * 6 + 18944 * 4) * 2 + (
+        4 + 3 - 1) * GRAPH_ALLOWANCE  # sizes 1, 2, 4, 8; FULL 1, 2, 4
+    share = plain.gpu_memory_utilization * 80 * GB
+    assert plain.kv_cache_bytes == int(share) - plain.model_bytes - plain.activation_bytes - plain.cuda_graph_bytes
+    assert "CUDA graphs ~" in plain.describe()
+
+
+def test_what_engines_measured_at_start_is_compared_with_the_plan():
+    shape = ModelShape.from_config(qwen25_config("0.5B"))
+    p = plan(shape, 80 * GB, sequences=100, tokens_per_sequence=300)
+    enough = {"index": 0, "kv_cache_tokens": 30_000, "cuda_graph_bytes": p.cuda_graph_bytes}
+    assert measured_shortfalls(p, [enough]) == []
+    short = {"index": 1, "kv_cache_tokens": 29_999, "cuda_graph_bytes": p.cuda_graph_bytes + 1}
+    notes = measured_shortfalls(p, [enough, short])
+    assert len(notes) == 2 and all(n.startswith("engine 1:") for n in notes)
+    assert "holds 29999 tokens" in notes[1] and "need 30000" in notes[1] and "--batch_size" in notes[1]
+    assert measured_shortfalls(p, [{"index": 2}]) == []  # an HF engine measures nothing
+
+
+def test_a_run_warns_when_an_engines_kv_cache_is_smaller_than_its_plan_needs(tmp_path, monkeypatch, caplog):
+    # Through the user's entry point, on a fake engine that reports what a vLLM engine measured at start.
+    from esvllm.run import main
+
+    monkeypatch.setenv("ESVLLM_FAKE_MEMORY", f"100:{2 * GIB}")
+    argv = ["--model_name", "tiny", "--task", "conciseness", "--engine", "fake", "--in_process", "--population_size",
+            "2", "--num_iterations", "1", "--data_sample", "4", "--test_size", "2", "--max_tokens", "8",
+            "--gpu_memory_gb", "80", "--output_dir", str(tmp_path)]
+    with caplog.at_level("WARNING"):
+        run_dir = main(argv)
+    warned = [r.getMessage() for r in caplog.records if r.getMessage().startswith("memory plan:")]
+    assert len(warned) == 2, warned
+    assert "CUDA graphs took 2.00 GiB" in warned[0] and "the KV cache holds 100 tokens" in warned[1]
+    assert json.loads((run_dir / "engines.json").read_text())[0]["kv_cache_tokens"] == 100
