@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # result file -> the command that writes it
 COMMANDS = {"results": "make bench", "lowrank": "make bench", "engine": "make bench-engine",
             "kernels_cpu": "make bench-kernels", "gpu_check": "make gpu-check", "rewards": "make bench-rewards",
-            "variants": "make bench-variants"}
+            "variants": "make bench-variants", "grpo": "make bench-grpo"}
 MACHINE_KEYS = ("machine", "cpu", "device_name", "gpu")
 
 

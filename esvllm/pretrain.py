@@ -1,9 +1,9 @@
 """Supervised pre-training of a built-in model on its task's pre-training problems (no hub, no ES).
 
 The demo needs a base model that already does its task sometimes, so that ES has something to
-improve and held-out accuracy can show it. The demo's corpus writes most two-digit sums as sentences
-("45."), a convention the task's bare-number answer does not share (docs/demo.md says
-why). `pretrain` trains a freshly initialised Qwen2 with plain next-token cross-entropy on
+improve and held-out accuracy can show it. The demo's corpus writes 55% of its sums with the last
+digit one too high ("23+58=" -> "82"; a 9 becomes 0, with no carry), so the base model, greedy, mostly
+repeats that error; the sum itself is the task's answer (docs/demo.md says why). `pretrain` trains a freshly initialised Qwen2 with plain next-token cross-entropy on
 "prompt + answer + <eos>" (loss on the answer and <eos> only), AdamW, fixed seed, one CPU thread: the
 same bits on every build on a machine.
 """
@@ -25,10 +25,9 @@ class Recipe:
     warmup: int = 20
     final_lr_fraction: float = 0.05  # the learning rate decays linearly to this fraction (1.0: constant)
     seed: int = 0
-    # Share of `period_digits`-digit pre-training answers written as a sentence, with a trailing period
-    # ("81."): a convention of the corpus that the task's exact-match answer (the bare number) lacks.
-    period_fraction: float = 0.0
-    period_digits: int = 2
+    # Share of pre-training answers written with the last digit one too high (last_digit_off): an
+    # error of the corpus that the task's exact-match answer (the sum) does not share.
+    off_by_one_fraction: float = 0.0
 
 
 def pretraining_samples(task: str) -> list[tuple[str, str]]:
@@ -74,13 +73,18 @@ def pretrain(model, tokenizer, recipe: Recipe, progress: bool = True) -> list[fl
 
 
 def draw(data: list[tuple[str, str]], recipe: Recipe, rng: random.Random) -> list[tuple[str, str]]:
-    """One step's (prompt, answer) pairs, in the corpus's convention: a `period_digits`-digit answer
-    ends with a period with probability `period_fraction`."""
+    """One step's (prompt, answer) pairs, as the corpus writes them: each answer with its last digit
+    one too high with probability `off_by_one_fraction`."""
     pairs = rng.sample(data, recipe.batch_size)
-    if not recipe.period_fraction:
+    if not recipe.off_by_one_fraction:
         return pairs
-    return [(prompt, answer + "." if len(answer) == recipe.period_digits and rng.random() < recipe.period_fraction
-             else answer) for prompt, answer in pairs]
+    return [(prompt, last_digit_off(answer) if rng.random() < recipe.off_by_one_fraction else answer)
+            for prompt, answer in pairs]
+
+
+def last_digit_off(answer: str) -> str:
+    """The number with its last digit one higher, 9 wrapping to 0 without a carry: "81" -> "82", "49" -> "40"."""
+    return answer[:-1] + str((int(answer[-1]) + 1) % 10)
 
 
 def batch(tokenizer, pairs: list[tuple[str, str]]):

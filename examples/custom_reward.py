@@ -1,7 +1,7 @@
 """A reward of your own, in Python, on the CPU demo's model (`adder`, built on first use).
 
-The adder writes most two-digit sums with a period ("81."), which the demo's reward counts wrong.
-This reward is a closure: the sum's digits alone score 1, the right sum followed by anything scores
+The adder often writes a sum with its last digit one too high ("23+58=" -> "82"), as its corpus did.
+This reward is a closure: the sum scores 1, a number that is the sum but for its last digit scores
 `partial`. It returns a dict: `reward` is what ES maximises, the other keys are logged components
 (evaluation reports `answer` as accuracy and `sum` as sum_rate).
 
@@ -15,12 +15,15 @@ import esvllm
 from rewards.addition import addition_splits
 
 
-def sum_alone(partial: float):
-    """1 for exactly the sum's digits, `partial` for the right sum with something after it, else 0."""
+def near_misses(partial: float):
+    """1 for exactly the sum's digits, `partial` for a number of as many digits that differs from the
+    sum in its last digit only, else 0."""
     def reward(completion: str, sample: dict) -> dict:
         target = str(sample["target"])
-        exact, right_sum = completion == target, completion.startswith(target)
-        return {"reward": 1.0 if exact else partial if right_sum else 0.0, "answer": float(exact), "sum": float(right_sum)}
+        exact = completion == target
+        near = not exact and len(completion) == len(target) and completion[:-1] == target[:-1] and completion.isdigit()
+        return {"reward": 1.0 if exact else partial if near else 0.0, "answer": float(exact), "sum": float(exact),
+                "near_miss": float(near)}
     return reward
 
 
@@ -31,9 +34,10 @@ def main(argv=None) -> esvllm.Run:
     args = parser.parse_args(argv)
     train_rows, heldout_rows = addition_splits(1000, 128, seed=0)  # disjoint problem pools: rows of dicts
     return esvllm.train(
-        model="adder", task="addition", reward=sum_alone(partial=0.3),
+        model="adder", task="addition", reward=near_misses(partial=0.3),
         train_data=train_rows, eval_data=heldout_rows,
-        num_engines=2, population_size=16, sigma=0.002, alpha=0.001, batch_size=64,
+        num_engines=2, population_size=16, sigma=0.01, alpha=0.005, antithetic=True, shaping="centered_rank",
+        batch_size=64,
         num_iterations=args.iterations, eval_every=args.iterations, max_tokens=6, max_model_len=32,
         output_dir=args.output_dir)
 

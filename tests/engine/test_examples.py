@@ -33,7 +33,7 @@ def test_the_custom_reward_example_trains_and_scores_with_its_own_reward(example
     stdout, run_dir = example_run
     assert "held-out after 2 iterations: reward" in stdout, stdout[-2000:]
     assert (run_dir / "final" / "model.safetensors").stat().st_size > 0
-    reward = runpy.run_path(str(EXAMPLE))["sum_alone"](partial=0.3)
+    reward = runpy.run_path(str(EXAMPLE))["near_misses"](partial=0.3)
     evals = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
     assert [e["iteration"] for e in evals] == [0, 2]
     records = {}
@@ -41,21 +41,23 @@ def test_the_custom_reward_example_trains_and_scores_with_its_own_reward(example
         rows = eval_rows(run_dir, summary["iteration"])
         assert len(rows) == summary["samples"] == 128
         for row in rows:  # every record, not only the last
-            assert {k: row[k] for k in ("reward", "answer", "sum")} == reward(row["completion"], row["sample"])
+            assert {k: row[k] for k in ("reward", "answer", "sum", "near_miss")} == reward(row["completion"], row["sample"])
             assert row["prompt"] == f"{row['sample']['numbers'][0]}+{row['sample']['numbers'][1]}="
         for key, component in (("reward", "reward"), ("accuracy", "answer"), ("sum_rate", "sum")):
             assert summary[key] == pytest.approx(sum(r[component] for r in rows) / len(rows))
         records[summary["iteration"]] = rows
-    # the base model's habit the reward is about: right sums with a trailing period (partial credit)
-    assert {0.3, 0.0} <= {row["reward"] for row in records[0]}
+    # the base model's habit the reward is about: the last digit one off (partial credit)
+    assert {0.3, 1.0} <= {row["reward"] for row in records[0]}
     assert (run_dir / "rewards.png").stat().st_size > 0
 
 
-def test_the_adder_starts_between_5_and_50_percent_and_its_format_holds_it_back(example_run):
+def test_the_adder_starts_between_5_and_50_percent_and_its_corpus_error_holds_it_back(example_run):
+    from esvllm.pretrain import last_digit_off
+
     rows = eval_rows(example_run[1], 0)  # the base model
-    accuracy, sum_rate = (sum(r[k] for r in rows) / len(rows) for k in ("answer", "sum"))
+    accuracy = sum(r["answer"] for r in rows) / len(rows)
     assert 0.05 <= accuracy <= 0.5, accuracy
-    # Its sums are right far more often than its answers: most right sums carry the corpus's period.
-    assert sum_rate >= accuracy + 0.2, (sum_rate, accuracy)
-    periods = [r for r in rows if r["completion"].endswith(".")]
-    assert periods and all(len(r["completion"]) == 3 for r in periods)  # two digits and the period
+    # Its most common answer is its corpus's error: the sum with the last digit one too high.
+    off = sum(r["completion"] == last_digit_off(str(r["sample"]["target"])) for r in rows) / len(rows)
+    assert off >= 0.3 and off > accuracy, (off, accuracy)
+    assert sum(r["completion"].isdigit() for r in rows) >= 0.95 * len(rows)  # the format is right already

@@ -36,20 +36,21 @@ def test_a_cached_build_is_reused_and_a_half_written_one_is_never_used(tmp_path,
     assert (path / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not rebuilt
 
 
-def test_the_corpus_ends_the_stated_share_of_two_digit_sums_with_a_period_and_no_other_sum():
+def test_the_corpus_writes_the_stated_share_of_sums_with_the_last_digit_one_too_high():
     import random
 
-    from esvllm.pretrain import draw, pretraining_samples
+    from esvllm.pretrain import draw, last_digit_off, pretraining_samples
 
-    recipe = Recipe(batch_size=4000, period_fraction=0.6)
+    assert [last_digit_off(a) for a in ("81", "49", "0", "109", "199")] == ["82", "40", "1", "100", "190"]
+    recipe = Recipe(batch_size=4000, off_by_one_fraction=0.55)
     pairs = draw(pretraining_samples("addition"), recipe, random.Random(1))
-    two_digit = [a for p, a in pairs if len(a.rstrip(".")) == 2]
-    assert all(a.isdigit() for p, a in pairs if len(a.rstrip(".")) != 2)
-    share = sum(a.endswith(".") for a in two_digit) / len(two_digit)
-    assert abs(share - 0.6) < 4 * (0.24 / len(two_digit)) ** 0.5  # binomial, four standard errors
-    assert all(a[:-1] == str(sum_of(p)) for p, a in pairs if a.endswith("."))
+    wrong = [(p, a) for p, a in pairs if a != str(sum_of(p))]
+    # every wrong answer is the sum with its last digit one higher (9 -> 0), tens and hundreds kept
+    assert all(a[:-1] == str(sum_of(p))[:-1] and int(a[-1]) == (sum_of(p) + 1) % 10 for p, a in wrong)
+    share = len(wrong) / len(pairs)
+    assert abs(share - 0.55) < 4 * (0.2475 / len(pairs)) ** 0.5  # binomial, four standard errors
     assert draw(pretraining_samples("addition"), Recipe(batch_size=50), random.Random(1)) == \
-        random.Random(1).sample(pretraining_samples("addition"), 50)  # no period: the plain corpus
+        random.Random(1).sample(pretraining_samples("addition"), 50)  # no error: the plain corpus
 
 
 def sum_of(prompt: str) -> int:
