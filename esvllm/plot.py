@@ -82,6 +82,12 @@ def before_after(run_dir: str | Path, examples: int = 3) -> str | None:
         pairs = list(zip(*rows))
         changed = [p for p in pairs if p[0]["completion"] != p[1]["completion"]]
         chosen = (sorted(changed, key=lambda p: p[0]["reward"] - p[1]["reward"]) + pairs)[:examples]
+        if all("answer" in r for r in rows[0] + rows[1]):  # the task scores right answers: what changed
+            right = lambda r: r["answer"] >= 1
+            became_right = sum(not right(b) and right(a) for b, a in pairs)
+            became_wrong = sum(right(b) and not right(a) for b, a in pairs)
+            lines.append(f"answers: {became_right} became right, {became_wrong} became wrong, "
+                         f"{len(changed) - became_right - became_wrong} other changes, {len(pairs) - len(changed)} the same")
         lines.append("examples (prompt -> before | after):")
         for before, after in chosen:
             lines.append(f"  {before['prompt']!r} -> {before['completion']!r} ({before['reward']:.2f}) | "
