@@ -16,7 +16,7 @@ EVAL    ?=
 GPU_FLAGS = --cuda_devices $(CUDA_DEVICES) $(if $(MODEL),--model_name $(MODEL)) $(if $(DATA),--data $(DATA)) \
             $(if $(EVAL),--eval_data $(EVAL))
 
-.PHONY: docs install demo test test-fast test-ray test-engine gpu-check bench bench-rewards bench-variants bench-grpo math bench-engine bench-kernels tensorboard countdown conciseness clean
+.PHONY: docs install demo test test-fast test-ray test-engine gpu-check bench bench-rewards bench-variants bench-learning bench-grpo math bench-engine bench-kernels tensorboard countdown conciseness clean
 
 install: $(STAMP)
 
@@ -86,6 +86,11 @@ bench: $(STAMP)
 # runs already finished under runs/variants are reused).
 bench-variants: $(STAMP)
 	$(PY) -m benchmarks.variants --out bench
+
+# The demo over 3 base-model seeds x 3 ES seeds, its recipe and the one before it (benchmarks/learning.py;
+# about an hour on 2 cores). Writes bench/learning.json.
+bench-learning: $(STAMP)
+	$(PY) -m benchmarks.learning --out bench
 
 # ES against TRL's GRPO on the demo's task, the same budget of completions (benchmarks/grpo.py; about 30 min on 2 cores).
 bench-grpo: $(STAMP)

@@ -27,6 +27,7 @@ import statistics
 import time
 from pathlib import Path
 
+from benchmarks.curves import plot_time_and_tokens, run_curve, scores
 from benchmarks.provenance import stamp
 
 GROUP_SIZE = 30  # the paper's GRPO baseline: the ES population size
@@ -36,17 +37,12 @@ LEARNING_RATES = (3e-5, 1e-4, 3e-4)
 
 def es_side(flags: list[str], out: Path) -> dict:
     """The demo's ES run: held-out evaluations against the iterations' own time and generated tokens."""
-    from esvllm.eval import read_eval_log
     from esvllm.run import main
     from esvllm.runlog import read_metrics
 
     run_dir = main(["--experiment", "demo", "--output_dir", str(out / "es"), *flags])
-    metrics = read_metrics(run_dir)
-    seconds = [0.0] + _cumulative(m["time"]["iteration_s"] for m in metrics)
-    tokens = [0] + _cumulative(m["tokens"] for m in metrics)
-    completions = sum(len(m["rewards"]) for m in metrics) * _prompts_per_member(run_dir)
-    points = [{"step": e["iteration"], "seconds": seconds[e["iteration"]], "tokens": tokens[e["iteration"]],
-               **_scores(e)} for e in read_eval_log(run_dir)]
+    completions = sum(len(m["rewards"]) for m in read_metrics(run_dir)) * _prompts_per_member(run_dir)
+    points = [{**p, "step": p["iteration"]} for p in run_curve(run_dir)]
     return {"run_dir": str(run_dir), "completions": completions, "points": points}
 
 
@@ -106,18 +102,21 @@ def grpo_side(learning_rate: float, completions: int, eval_points: int, out: Pat
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=Dataset.from_list(rows),
                           processing_class=tokenizer, callbacks=[SaveAndTime()])
     trainer.train()
-    points = [{**mark, **_scores(evaluate(where / f"step_{mark['step']:06d}", config))} for mark in marks]
+    points = [{**mark, **evaluate(where / f"step_{mark['step']:06d}", config)} for mark in marks]
     return {"learning_rate": learning_rate, "steps": steps, "completions": steps * per_step, "points": points}
 
 
 def evaluate(model_dir: Path, config) -> dict:
-    """Held-out summary of a checkpoint through `esvllm.eval` (HF engine in this process)."""
+    """Held-out scores of a checkpoint through `esvllm.eval` (HF engine in this process), recomputed
+    from the per-problem records it writes."""
     from esvllm.eval import main
 
-    return main(["--model", str(model_dir), "--task", config.task, "--test_size", str(config.test_size),
-                 "--data_sample", str(config.data_sample), "--global_seed", str(config.global_seed),
-                 "--max_tokens", str(config.max_tokens), "--max_model_len", str(config.max_model_len),
-                 "--engine", "hf", "--in_process", "--output", str(model_dir / "eval.jsonl")])
+    records = model_dir / "eval.jsonl"
+    main(["--model", str(model_dir), "--task", config.task, "--test_size", str(config.test_size),
+          "--data_sample", str(config.data_sample), "--global_seed", str(config.global_seed),
+          "--max_tokens", str(config.max_tokens), "--max_model_len", str(config.max_model_len),
+          "--engine", "hf", "--in_process", "--output", str(records)])
+    return scores([json.loads(line) for line in records.read_text().splitlines()])
 
 
 def table(es: dict, grpo: list[dict]) -> str:
@@ -135,41 +134,15 @@ def table(es: dict, grpo: list[dict]) -> str:
 
 
 def plot(es: dict, grpo: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=120, sharey=True)
-    for ax, key, label in ((axes[0], "seconds", "wall time (s, training only)"),
-                           (axes[1], "tokens", "generated tokens")):
-        for name, side in [("ES", es)] + [(f"GRPO lr {g['learning_rate']:g}", g) for g in grpo]:
-            ax.plot([p[key] for p in side["points"]], [p["accuracy"] for p in side["points"]], "o-", label=name)
-        ax.set_xlabel(label)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("held-out accuracy (greedy, exact match)")
-    axes[1].legend(fontsize=8)
-    fig.suptitle("ES and GRPO on the demo task, same base model, reward, prompts and held-out set", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def _cumulative(values) -> list:
-    total, out = 0, []
-    for v in values:
-        total += v
-        out.append(total)
-    return out
+    series = [(name, side["points"], {"marker": "o"})
+              for name, side in [("ES (the demo)", es)] + [(f"GRPO lr {g['learning_rate']:g}", g) for g in grpo]]
+    plot_time_and_tokens(series, "accuracy", "held-out accuracy (greedy, exact match)",
+                         "ES and GRPO on the demo task, same base model, reward, prompts and held-out set", path)
 
 
 def _prompts_per_member(run_dir: Path) -> int:
     config = json.loads((Path(run_dir) / "config.json").read_text())
     return config.get("batch_size") or config["data_sample"]
-
-
-def _scores(summary: dict) -> dict:
-    return {"accuracy": summary["accuracy"], "sum_rate": summary.get("sum_rate"), "reward": summary["reward"]}
 
 
 def _reward_value(out) -> float:

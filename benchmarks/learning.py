@@ -22,6 +22,7 @@ import statistics
 import time
 from pathlib import Path
 
+from benchmarks.curves import plot_time_and_tokens, run_curve
 from benchmarks.provenance import stamp
 
 RECIPES = {
@@ -42,26 +43,7 @@ def one_run(recipe: str, base_seed: int, es_seed: int, args) -> dict:
             "--output_dir", str(Path(args.runs) / recipe), *RECIPES[recipe], *args.flags]
     run_dir = finished_run(argv, Path(args.runs) / recipe) or main(argv)
     return {"recipe": recipe, "base_seed": base_seed, "es_seed": es_seed, "run_dir": str(run_dir),
-            "points": curve(Path(run_dir))}
-
-
-def curve(run_dir: Path) -> list[dict]:
-    """Each evaluation, recomputed from its per-problem records, with the training time and
-    generated tokens of the iterations before it."""
-    from esvllm.runlog import read_metrics
-
-    metrics = read_metrics(run_dir)
-    seconds, tokens, points = [0.0], [0], []
-    for m in metrics:
-        seconds.append(seconds[-1] + m["time"]["iteration_s"])
-        tokens.append(tokens[-1] + m["tokens"])
-    for path in sorted((run_dir / "eval").glob("iter_*.jsonl")):
-        records = [json.loads(line) for line in path.read_text().splitlines()]
-        iteration = int(path.stem.split("_")[1])
-        points.append({"iteration": iteration, "seconds": seconds[iteration], "tokens": tokens[iteration],
-                       "sum_rate": statistics.fmean(r["sum"] for r in records),
-                       "accuracy": statistics.fmean(r["answer"] for r in records), "samples": len(records)})
-    return points
+            "points": run_curve(Path(run_dir))}
 
 
 def summary(runs: list[dict]) -> dict:
@@ -89,26 +71,11 @@ def table(results: dict) -> str:
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=120, sharey=True)
     colors = dict(zip(results, ("tab:blue", "tab:orange", "tab:green")))
-    for ax, key, label in ((axes[0], "seconds", "training time (s)"), (axes[1], "tokens", "generated tokens")):
-        for name, runs in results.items():
-            for k, run in enumerate(runs):
-                ax.plot([p[key] for p in run["points"]], [p["sum_rate"] for p in run["points"]], "-",
-                        color=colors[name], alpha=0.6, label=name if k == 0 else None)
-        ax.set_xlabel(label)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("held-out sum_rate (greedy)")
-    axes[1].legend(fontsize=8)
-    fig.suptitle("the demo task over base-model x ES seeds: one line per run", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    series = [(name if k == 0 else None, run["points"], {"color": colors[name], "alpha": 0.6})
+              for name, runs in results.items() for k, run in enumerate(runs)]
+    plot_time_and_tokens(series, "sum_rate", "held-out sum_rate (greedy)",
+                         "the demo task over base-model x ES seeds: one line per run", path)
 
 
 def main(argv=None) -> dict:

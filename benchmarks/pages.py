@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # result file -> the command that writes it
 COMMANDS = {"results": "make bench", "lowrank": "make bench", "engine": "make bench-engine",
             "kernels_cpu": "make bench-kernels", "gpu_check": "make gpu-check", "rewards": "make bench-rewards",
-            "variants": "make bench-variants", "grpo": "make bench-grpo"}
+            "variants": "make bench-variants", "grpo": "make bench-grpo",
+            "learning": "make bench-learning"}
 MACHINE_KEYS = ("machine", "cpu", "device_name", "gpu")
 
 
