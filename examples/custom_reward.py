@@ -5,7 +5,7 @@ This reward is a closure: the sum scores 1, a number that is the sum but for its
 `partial`. It returns a dict: `reward` is what ES maximises, the other keys are logged components
 (evaluation reports `answer` as accuracy and `sum` as sum_rate).
 
-    python examples/custom_reward.py                    # 40 iterations, about 40 s on 2 cores
+    python examples/custom_reward.py                    # 40 iterations, about a minute on 2 cores
     python examples/custom_reward.py --iterations 2     # a quick look at the path
 """
 
