@@ -9,7 +9,8 @@ by `esvllm.eval` (ES in its run, on its vLLM engines; GRPO's checkpoints on the 
 process: the same scorer, the same records; both evaluate the base model first, so the backends'
 agreement shows in the first row). GRPO is TRL's `GRPOTrainer` (`pip install -e ".[rl]"`) with the
 paper's baseline settings where they apply (the paper's repository, baselines/GRPO: GRPO-Zero with
-group size 30, the ES population; no KL coefficient in their config, so beta 0; AdamW with betas (0.9, 0.999) and no weight decay;
+group size 30, the ES population; no KL coefficient in their config, so beta 0; AdamW with betas
+(0.9, 0.999) and no weight decay;
 gradient norm clipped at 1; a constant learning rate, swept here over three values for this model),
 sampling at temperature 1 (a group needs different completions), and as many completions as the ES
 run generated (the paper's fair-comparison rule). Each side runs alone with the machine's cores (ES:
