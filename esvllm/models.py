@@ -12,6 +12,7 @@ Shapes keep head_dim at 32 or 64: vLLM's CPU attention rejects 16.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -139,16 +140,18 @@ def build_model(name: str, root: Path | None = None, seed: int = 0) -> Path:
     if (target / "model.safetensors").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    try:
-        write_checkpoint(spec, staging)
+    # One builder at a time: a second process (two runs, two test workers) waits for the first's model
+    # instead of pre-training the same one again beside it.
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / "model.safetensors").is_file():
+            return target
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
         try:
-            os.rename(staging, target)  # atomic: a concurrent builder may have won; theirs is equal
-        except OSError:
-            if not (target / "model.safetensors").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            write_checkpoint(spec, staging)
+            os.rename(staging, target)  # atomic: a build killed half-way leaves only its staging directory
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

@@ -36,6 +36,33 @@ def test_a_cached_build_is_reused_and_a_half_written_one_is_never_used(tmp_path,
     assert (path / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not rebuilt
 
 
+
+def test_two_builders_at_once_pretrain_the_model_once_and_both_get_it(tmp_path, monkeypatch):
+    """Two test workers or two runs asking for an uncached model: one builds, the other waits."""
+    import threading
+    import time
+
+    import esvllm.models as models
+
+    monkeypatch.setitem(models.BUILTIN_MODELS, "short-adder", SHORT)
+    builds = []
+    write = models.write_checkpoint
+
+    def slow_write(spec, directory):
+        builds.append(directory)
+        time.sleep(0.5)  # long enough for the second builder to arrive while the first is writing
+        write(spec, directory)
+
+    monkeypatch.setattr(models, "write_checkpoint", slow_write)
+    paths = []
+    threads = [threading.Thread(target=lambda: paths.append(build_model("short-adder", tmp_path))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(builds) == 1 and len(paths) == 2 and paths[0] == paths[1]
+    assert (paths[0] / "model.safetensors").is_file()
+
 def test_the_corpus_writes_the_stated_share_of_sums_with_the_last_digit_one_too_high():
     import random
 
