@@ -36,7 +36,6 @@ def test_a_cached_build_is_reused_and_a_half_written_one_is_never_used(tmp_path,
     assert (path / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not rebuilt
 
 
-
 def test_two_builders_at_once_pretrain_the_model_once_and_both_get_it(tmp_path, monkeypatch):
     """Two test workers or two runs asking for an uncached model: one builds, the other waits."""
     import threading
@@ -62,6 +61,7 @@ def test_two_builders_at_once_pretrain_the_model_once_and_both_get_it(tmp_path, 
         thread.join()
     assert len(builds) == 1 and len(paths) == 2 and paths[0] == paths[1]
     assert (paths[0] / "model.safetensors").is_file()
+
 
 def test_the_corpus_writes_the_stated_share_of_sums_with_the_last_digit_one_too_high():
     import random
