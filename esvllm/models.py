@@ -51,10 +51,8 @@ class ModelSpec:
     family: str = "qwen2"
 
     def digest(self) -> str:
-        fields = dataclasses.asdict(self)
-        if fields["family"] == "qwen2":  # the Qwen2 models keep the digests they were built under
-            del fields["family"]
-        text = json.dumps(fields, sort_keys=True) + f"/vocab{VOCAB_SIZE}/v1"
+        # v2: written by esvllm.model_build (CPU-independent bits), not the CPU's own kernels
+        text = json.dumps(dataclasses.asdict(self), sort_keys=True) + f"/vocab{VOCAB_SIZE}/v2"
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -148,7 +146,9 @@ def build_model(name: str, root: Path | None = None, seed: int = 0) -> Path:
             return target
         staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
         try:
-            write_checkpoint(spec, staging)
+            from esvllm.model_build import write_reproducibly  # the same bits on every CPU
+
+            write_reproducibly(spec, staging)
             os.rename(staging, target)  # atomic: a build killed half-way leaves only its staging directory
         finally:
             shutil.rmtree(staging, ignore_errors=True)

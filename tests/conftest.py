@@ -16,7 +16,19 @@ TIERS = {"unit": None, "ray": pytest.mark.ray, "engine": pytest.mark.engine}
 HERE = Path(__file__).parent
 
 
+# The demo's model takes minutes to pre-train where it is not cached (as on CI): the test that builds
+# it runs first, beside the others, and the other tests that need it run last, when it is there.
+BUILDS_DEMO_MODEL = "ray/test_demo_model.py"
+
+
+def run_order(item) -> int:
+    if Path(item.fspath).relative_to(HERE).as_posix() == BUILDS_DEMO_MODEL:
+        return 0
+    return 2 if "demo_model" in item.fixturenames else 1
+
+
 def pytest_collection_modifyitems(items):
+    items.sort(key=run_order)  # stable: the order within each group stays the collection's
     for item in items:
         tier = Path(item.fspath).relative_to(HERE).parts[0]
         if tier not in TIERS:
@@ -47,6 +59,12 @@ def cpu_kernel(request, monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_model() -> str:
     return resolve_model("tiny")
+
+
+@pytest.fixture(scope="session")
+def demo_model() -> str:
+    """The demo's base model, `adder` (experiments/demo.toml), built on first use."""
+    return resolve_model("adder")
 
 
 @pytest.fixture(scope="session")

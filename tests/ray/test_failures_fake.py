@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import psutil
+import pytest
 
 from esvllm.run import main
 from esvllm.runlog import read_metrics
@@ -23,6 +24,7 @@ def test_a_hung_reward_is_cut_off_and_scored_with_the_fallback(tmp_path, ray_ses
     assert record["reward_timeouts"] == 4  # the hung prompt, once per member, cut off (not an hour each)
 
 
+@pytest.mark.usefixtures("demo_model")  # --experiment demo: runs last, once it is built (tests/conftest.py)
 def test_kill_and_resume_as_a_user_would_ends_bit_identical_to_an_uninterrupted_run(tmp_path, ray_session):
     # The command of the architecture issue: SIGKILL after 3 of 6 iterations, then --resume. The
     # engines restart from checkpoints/iter_000003, which --keep_checkpoints 2 prunes before the end.

@@ -11,21 +11,20 @@ from esvllm.pretrain import Recipe
 SHORT = dataclasses.replace(BUILTIN_MODELS["adder"], pretrain=Recipe(steps=15))  # the adder's recipe, 15 steps
 
 
-def test_pre_training_is_deterministic(tmp_path):
-    write_checkpoint(SHORT, tmp_path / "a")
-    write_checkpoint(SHORT, tmp_path / "b")
-    a, b = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    untrained = dataclasses.replace(SHORT, pretrain=None)
-    write_checkpoint(untrained, tmp_path / "c")
-    c = load_file(str(tmp_path / "c" / "model.safetensors"))
-    assert not torch.equal(a["model.norm.weight"], c["model.norm.weight"])  # it did train
+def in_this_process(monkeypatch):
+    """Write built-in models with this process's torch (the cache and the lock are tested here, not the
+    pinned writer: test_a_build_writes_the_same_bits_whatever_kernels_the_environment_asks_torch_for)."""
+    import esvllm.model_build as model_build
+
+    monkeypatch.setattr(model_build, "write_reproducibly", write_checkpoint)
+    return write_checkpoint
 
 
 def test_a_cached_build_is_reused_and_a_half_written_one_is_never_used(tmp_path, monkeypatch):
     import esvllm.models as models
 
     monkeypatch.setitem(models.BUILTIN_MODELS, "short-adder", SHORT)
+    in_this_process(monkeypatch)
     leftover = tmp_path / f".short-adder-{SHORT.digest()}-crashed"  # a build killed half-way
     leftover.mkdir()
     (leftover / "config.json").write_text("{}")
@@ -41,18 +40,19 @@ def test_two_builders_at_once_pretrain_the_model_once_and_both_get_it(tmp_path, 
     import threading
     import time
 
+    import esvllm.model_build as model_build
     import esvllm.models as models
 
     monkeypatch.setitem(models.BUILTIN_MODELS, "short-adder", SHORT)
     builds = []
-    write = models.write_checkpoint
+    write = in_this_process(monkeypatch)
 
     def slow_write(spec, directory):
         builds.append(directory)
         time.sleep(0.5)  # long enough for the second builder to arrive while the first is writing
         write(spec, directory)
 
-    monkeypatch.setattr(models, "write_checkpoint", slow_write)
+    monkeypatch.setattr(model_build, "write_reproducibly", slow_write)
     paths = []
     threads = [threading.Thread(target=lambda: paths.append(build_model("short-adder", tmp_path))) for _ in range(2)]
     for thread in threads:
@@ -61,6 +61,47 @@ def test_two_builders_at_once_pretrain_the_model_once_and_both_get_it(tmp_path, 
         thread.join()
     assert len(builds) == 1 and len(paths) == 2 and paths[0] == paths[1]
     assert (paths[0] / "model.safetensors").is_file()
+
+
+def load_weights(path):
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_a_build_writes_the_same_bits_whatever_kernels_the_environment_asks_torch_for(tmp_path, monkeypatch):
+    """torch picks AVX2 or AVX-512 kernels by CPU, and its own and MKL's ISA can be asked for in the
+    environment; a built-in model is written with the baseline kernels either way (esvllm.model_build)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from esvllm.model_build import BUILD_RECORD, spec_from_json, weights_sha256, write_reproducibly
+
+    spec_json = json.dumps(dataclasses.asdict(SHORT))
+    assert spec_from_json(spec_json) == SHORT
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    monkeypatch.setenv("MKL_CBWR", "AVX2,STRICT")
+    write_reproducibly(SHORT, tmp_path / "asks_avx2")
+    refused = subprocess.run([sys.executable, "-m", "esvllm.model_build", spec_json, str(tmp_path / "unpinned")],
+                             capture_output=True, text=True)  # the writer alone, in this environment
+    assert refused.returncode != 0 and "kernels" in refused.stderr and not (tmp_path / "unpinned").exists()
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")
+    monkeypatch.setenv("MKL_CBWR", "COMPATIBLE,STRICT")
+    write_reproducibly(SHORT, tmp_path / "asks_baseline")
+    a, b = load_weights(tmp_path / "asks_avx2"), load_weights(tmp_path / "asks_baseline")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # and two builds agree
+    write_checkpoint(dataclasses.replace(SHORT, pretrain=None), tmp_path / "untrained")
+    assert not torch.equal(a["model.norm.weight"], load_weights(tmp_path / "untrained")["model.norm.weight"])  # it trained
+    record = json.loads((tmp_path / "asks_avx2" / BUILD_RECORD).read_text())
+    assert record["cpu_capability"] == "DEFAULT" and record["weights_sha256"] == weights_sha256(tmp_path / "asks_avx2")
+    if torch.backends.cpu.get_cpu_capability() != "DEFAULT":  # the CPU's own kernels would give other bits
+        monkeypatch.delenv("ATEN_CPU_CAPABILITY")
+        monkeypatch.delenv("MKL_CBWR")
+        native = tmp_path / "native"
+        subprocess.run([sys.executable, "-c", "import sys; from esvllm.model_build import spec_from_json; "
+                        "from esvllm.models import write_checkpoint; write_checkpoint(spec_from_json(sys.argv[1]), "
+                        "sys.argv[2])", spec_json, str(native)], check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert weights_sha256(native) != record["weights_sha256"]
 
 
 def test_the_corpus_writes_the_stated_share_of_sums_with_the_last_digit_one_too_high():

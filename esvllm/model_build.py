@@ -1,0 +1,81 @@
+"""Built-in models are written in a process of their own whose torch computes the same bits on every
+x86-64 CPU.
+
+torch picks its kernels by CPU: ATen's vectorised code at AVX2 or AVX-512, MKL's matrix products at
+the processor's best ISA (and on Intel CPUs an AVX2 random-normal fill). The 1,500 pre-training
+steps of the demo's `adder` amplify those last-bit differences into another model: built on a Zen 4
+(AVX-512) it started at the accuracy docs/demo.md states, built on a Zen 1 (AVX2) at another, with a
+different habit. The writer therefore runs with ATen at its baseline ISA (`default`), MKL in its
+cross-processor reproducible mode (conditional numerical reproducibility, `COMPATIBLE,STRICT`) and one
+thread, set before torch starts, which only a fresh process guarantees. It costs about a third more
+time than the CPU's own kernels (docs/demo.md).
+
+    python -m esvllm.model_build SPEC_JSON DIR    # what build_model runs; prints nothing of its own
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+PINNED_ENV = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE,STRICT", "OMP_NUM_THREADS": "1",
+              "MKL_NUM_THREADS": "1"}
+BUILD_RECORD = "build.json"  # in the model's directory: the settings it was written with and its weights' hash
+
+
+def write_reproducibly(spec, path: Path) -> None:
+    """Write built-in model `spec` (an esvllm.models.ModelSpec) into `path` in a pinned process. Its
+    progress bar goes to this process's terminal."""
+    done = subprocess.run([sys.executable, "-m", "esvllm.model_build", json.dumps(dataclasses.asdict(spec)), str(path)],
+                          env={**os.environ, **PINNED_ENV})
+    if done.returncode != 0:
+        raise RuntimeError(f"writing the built-in model into {path} failed (exit code {done.returncode}); "
+                           "its error is printed above")
+
+
+def weights_sha256(path: Path) -> str:
+    """sha256 over the checkpoint's tensors (names, dtypes, shapes and bytes), in name order."""
+    import torch
+    from safetensors.torch import load_file
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(load_file(str(Path(path) / "model.safetensors")).items()):
+        digest.update(f"{name}:{tensor.dtype}:{list(tensor.shape)}".encode())
+        digest.update(tensor.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def spec_from_json(text: str):
+    from esvllm.models import ModelSpec
+    from esvllm.pretrain import Recipe
+
+    fields = json.loads(text)
+    recipe = fields.pop("pretrain")
+    return ModelSpec(**fields, pretrain=Recipe(**recipe) if recipe else None)
+
+
+def main(argv: list[str] | None = None) -> None:
+    spec_json, directory = argv if argv is not None else sys.argv[1:]
+    import torch
+
+    from esvllm.models import write_checkpoint
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    unpinned = {key: os.environ.get(key) for key, value in PINNED_ENV.items() if os.environ.get(key) != value}
+    if capability != "DEFAULT" or unpinned:  # the bits would be this CPU's own
+        raise SystemExit(f"esvllm.model_build: torch runs its {capability} kernels, environment {unpinned}; run "
+                         f"it through esvllm.models.build_model, which sets {PINNED_ENV}")
+    path = Path(directory)
+    write_checkpoint(spec_from_json(spec_json), path)
+    record = {"weights_sha256": weights_sha256(path), "torch": torch.__version__, "cpu_capability": capability,
+              "env": {key: os.environ.get(key) for key in PINNED_ENV}}
+    (path / BUILD_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
