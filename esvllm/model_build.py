@@ -1,14 +1,14 @@
-"""Built-in models are written in a process of their own whose torch computes the same bits on every
-x86-64 CPU.
+"""Built-in models are written in a process of their own, pinned to torch's baseline kernels, so that
+their bits do not depend on the kernels a CPU would pick.
 
 torch picks its kernels by CPU: ATen's vectorised code at AVX2 or AVX-512, MKL's matrix products at
-the processor's best ISA (and on Intel CPUs an AVX2 random-normal fill). The 1,500 pre-training
-steps of the demo's `adder` amplify those last-bit differences into another model: built on a Zen 4
-(AVX-512) it started at the accuracy docs/demo.md states, built on a Zen 1 (AVX2) at another, with a
-different habit. The writer therefore runs with ATen at its baseline ISA (`default`), MKL in its
-cross-processor reproducible mode (conditional numerical reproducibility, `COMPATIBLE,STRICT`) and one
-thread, set before torch starts, which only a fresh process guarantees. It costs about a third more
-time than the CPU's own kernels (docs/demo.md).
+the processor's best ISA. The 1,500 pre-training steps of the demo's `adder` amplify those last-bit
+differences into another model: built on a Zen 4 (AVX-512) it started where docs/demo.md's previous
+build did, built on a Zen 1 (AVX2) elsewhere, with a weaker habit. The writer therefore runs with
+ATen at its baseline ISA (`default`), MKL in its cross-processor reproducible mode (conditional
+numerical reproducibility, `COMPATIBLE,STRICT`) and one thread, set before torch starts, which only a
+fresh process guarantees. A pre-training step takes about 45% longer than with the CPU's own kernels
+(docs/demo.md). The same hash on two different machines is not yet checked (`build.json` records it).
 
     python -m esvllm.model_build SPEC_JSON DIR    # what build_model runs; prints nothing of its own
 """
