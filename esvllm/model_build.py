@@ -8,7 +8,8 @@ build did, built on a Zen 1 (AVX2) elsewhere, with a weaker habit. The writer th
 ATen at its baseline ISA (`default`), MKL in its cross-processor reproducible mode (conditional
 numerical reproducibility, `COMPATIBLE,STRICT`) and one thread, set before torch starts, which only a
 fresh process guarantees. A pre-training step takes about 45% longer than with the CPU's own kernels
-(docs/demo.md). The same hash on two different machines is not yet checked (`build.json` records it).
+(docs/demo.md). The `adder` written this way had the same weights sha256 on an AVX2 and an AVX-512
+CPU (docs/demo.md; `build.json` records it).
 
     python -m esvllm.model_build SPEC_JSON DIR    # what build_model runs; prints nothing of its own
 """
