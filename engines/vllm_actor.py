@@ -8,6 +8,7 @@ answers (engines.ranks) so callers see one engine. `EnginePool` (engines.pool) s
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import shutil
@@ -30,6 +31,10 @@ class VLLMEngineActor(EngineActorBase):
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from vllm import LLM
 
+        # vLLM's start-up runs several full collections; over the objects of the modules just imported
+        # they take about 1.3 s of a CPU engine's 2.3 s. Frozen, they are not traversed (nor ever freed:
+        # they live as long as the process anyway).
+        gc.freeze()
         started = time.perf_counter()
         self.index = index
         llm_kwargs = dict(options.get("llm_kwargs", {}))
