@@ -59,9 +59,15 @@ def test_export_loads_in_transformers_with_the_engines_logits(engine_pair, tmp_p
 
 
 def test_export_loads_in_vllm_with_identical_weights(engine_pair, tmp_path):
+    import dataclasses
+
+    from engines.local import LocalPool
+    from tests.helpers import engine_options
+
     engine = engine_pair[0]
     path = engine.export(str(tmp_path / "export"))
-    pool = start_pool(path, num_engines=1)
+    # The vLLM engine a user loads final/ into: in this process (what is checked is what vLLM loads).
+    pool = LocalPool.start(path, dataclasses.replace(engine_options(), in_process=True))
     reloaded = pool.engines[0]
     try:
         assert reloaded.checksum() == engine.checksum()

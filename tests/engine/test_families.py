@@ -1,7 +1,7 @@
 """The Llama 3, Qwen3 and Qwen3-MoE families on real vLLM CPU engines (Qwen2 is tests/engine/test_engine.py,
 test_tensor_parallel.py and test_lowrank.py): every HF tensor moves by sigma * eps and comes back
-exactly; a two-rank engine holds the one-rank weights bit for bit; each low-rank member served as a
-LoRA adapter generates what the dense engine with W + sigma * E generates; and the exported model
+exactly on one rank and on two; the two ranks hold the one-rank weights bit for bit; each low-rank
+member served as a LoRA adapter generates what the engine with W + sigma * E generates; and the exported model
 generates in transformers and in a fresh (in-process) vLLM engine what the engine generates, its
 files holding the master's tensors."""
 
@@ -28,27 +28,28 @@ SIGMA, RANK = 0.05, 2
 
 @pytest.fixture(scope="module", params=["tiny-llama", "tiny-qwen3", "tiny-qwen3-moe"])
 def family(request, ray_session):
-    """A family's engines, started at once (their start-ups overlap): one rank, two ranks, and (not
-    for a MoE, refused in low-rank mode) one with LoRA slots, all from the same checkpoint. The tests
-    below keep them on the same base weights: each restores what it perturbs or updates all alike;
-    the export test, which updates the one-rank engine alone, comes last."""
+    """A family's two engines, started at once (their start-ups overlap): one rank and two ranks, from
+    the same checkpoint. The one-rank engine has LoRA slots (not for a MoE, refused in low-rank mode),
+    so it serves each low-rank member both as an adapter and with the member's weights materialised.
+    The tests below keep both on the same base weights: each restores what it perturbs or updates
+    both alike; the export test, which updates the one-rank engine alone, comes last."""
     from concurrent.futures import ThreadPoolExecutor
 
     model = resolve_model(request.param)
-    kinds = {"dense": {}, "sharded": {"tensor_parallel_size": 2}}
-    if "moe" not in request.param:
-        kinds["lowrank"] = {"lowrank_slots": len(MEMBERS), "lowrank_rank": RANK}
+    lowrank = "moe" not in request.param
+    kinds = {"one": {"lowrank_slots": len(MEMBERS), "lowrank_rank": RANK} if lowrank else {},
+             "sharded": {"tensor_parallel_size": 2}}
     with ThreadPoolExecutor(len(kinds)) as starting:
         pools = {kind: starting.submit(start_pool, model, num_engines=1, **options) for kind, options in kinds.items()}
         pools = {kind: future.result() for kind, future in pools.items()}
-    engines = types.SimpleNamespace(model=model, **{"lowrank": None, **{kind: pool.engines[0] for kind, pool in pools.items()}})
-    yield engines
+    yield types.SimpleNamespace(model=model, lowrank=lowrank, **{kind: pool.engines[0] for kind, pool in pools.items()})
     for pool in pools.values():
         pool.shutdown()
 
 
-def test_every_hf_tensor_moves_by_sigma_eps_and_restores_exactly(family):
-    moves_by_sigma_eps_and_restores_exactly(family.dense)
+def test_every_hf_tensor_moves_by_sigma_eps_and_restores_exactly_on_one_and_two_ranks(family):
+    for engine in (family.one, family.sharded):  # the two ranks' shards assembled into HF tensors
+        moves_by_sigma_eps_and_restores_exactly(engine)
 
 
 def moves_by_sigma_eps_and_restores_exactly(engine, sigma=0.01, seed=777):
@@ -68,30 +69,31 @@ def moves_by_sigma_eps_and_restores_exactly(engine, sigma=0.01, seed=777):
     assert restored["served"] == restored["master"]  # an fp32 engine serves its master's bits again
 
 
-def test_each_low_rank_member_generates_what_the_dense_engine_with_its_weights_does(family):
-    dense, lowrank = family.dense, family.lowrank
-    if lowrank is None:
+def test_each_low_rank_member_generates_what_the_engine_with_its_weights_materialised_does(family):
+    if not family.lowrank:
         pytest.skip("low-rank mode is refused for mixture-of-experts models before start (tests/unit/test_families.py)")
-    base = dense.generate(PROMPTS, SAMPLING)
-    batched = lowrank.call("rollout_lowrank", MEMBERS, SIGMA, RANK, PROMPTS, SAMPLING)["members"]
+    engine = family.one
+    base = engine.generate(PROMPTS, SAMPLING)
+    batched = engine.call("rollout_lowrank", MEMBERS, SIGMA, RANK, PROMPTS, SAMPLING)["members"]  # as adapters
     for (seed, _), member in zip(MEMBERS, batched):
-        dense.call("rpc", "perturb_lowrank", seed, SIGMA, RANK)  # W + sigma * A B^T / sqrt(r), materialised
-        want = dense.generate(PROMPTS, SAMPLING)
+        engine.call("rpc", "perturb_lowrank", seed, SIGMA, RANK)  # W + sigma * A B^T / sqrt(r), materialised
+        want = engine.generate(PROMPTS, SAMPLING)  # no adapter
         assert [c["text"] for c in member["completions"]] == [c["text"] for c in want], seed
         for got, expected in zip(member["completions"], want):
             for g, w in zip(got["logprobs"], expected["logprobs"]):
                 token = next(iter(g))
                 assert abs(g[token] - w[token]) < 1e-4
     assert any([c["text"] for c in m["completions"]] != [c["text"] for c in base] for m in batched)
-    dense.restore()
+    engine.restore()
+    assert [c["text"] for c in engine.generate(PROMPTS, SAMPLING)] == [c["text"] for c in base]
     # The memory plan's LoRA term, embed_tokens' and lm_head's LoRA layers included, is what vLLM allocated.
     shape = ModelShape.from_config(json.loads((Path(family.model) / "config.json").read_text()))
     planned = len(MEMBERS) * lora_rank_for(RANK) * shape.lora_elements_per_slot_rank(1) * 4  # fp32 on CPU
-    assert shape.embedding_lora and lowrank.call("rpc", "lora_buffer_bytes") == planned
+    assert shape.embedding_lora and engine.call("rpc", "lora_buffer_bytes") == planned
 
 
 def test_two_ranks_hold_the_one_rank_weights_bit_for_bit(family):
-    one, two = family.dense, family.sharded
+    one, two = family.one, family.sharded
     assert two.info["ranks"] == 2 and two.info["tensors"] == one.info["tensors"]
     assert [c["text"] for c in two.generate(PROMPTS, GREEDY)] == [c["text"] for c in one.generate(PROMPTS, GREEDY)]
     for engine in (one, two):
@@ -115,7 +117,7 @@ def test_the_export_generates_in_transformers_and_a_fresh_vllm_engine_what_the_e
     from engines.local import LocalPool
     from tests.helpers import engine_options
 
-    engine = family.dense
+    engine = family.one
     engine.apply_update([(5, 2e-2), (6, -1e-2)])
     want = [c["text"] for c in engine.generate(PROMPTS, GREEDY)]
     path = engine.export(str(tmp_path / "final"))
@@ -157,9 +159,10 @@ def test_experts_kept_in_another_layout_than_the_mapped_one_are_refused_at_start
         LocalPool.start(resolve_model("tiny-qwen3-moe"), dataclasses.replace(engine_options(), in_process=True))
 
 
-def test_a_vllm_engine_stops_at_every_eos_of_a_llama_generation_config_as_the_hf_engine_does(ray_session, tmp_path):
+def test_a_vllm_engine_stops_at_every_eos_of_a_llama_generation_config_as_the_hf_engine_does(tmp_path):
     """Llama 3 Instruct's conventions (no pad token, several EOS ids in generation_config.json): vLLM
-    stops at the one the model generates first, and the HF backend generates the same completions."""
+    stops at the one the model generates first, and the HF backend generates the same completions.
+    Both engines in this process: where vLLM stops does not depend on the process it runs in."""
     import dataclasses
 
     from engines.local import LocalPool
@@ -167,7 +170,7 @@ def test_a_vllm_engine_stops_at_every_eos_of_a_llama_generation_config_as_the_hf
 
     prompts = ["Using the numbers [3, 5, 7]", "12+7="]
     model, _ = llama3_conventions(tmp_path, prompts[0])
-    pool = start_pool(model, num_engines=1)
+    pool = LocalPool.start(model, dataclasses.replace(engine_options(), in_process=True))
     try:
         served = pool.engines[0].generate(prompts, GREEDY)
     finally:
