@@ -24,11 +24,19 @@ install: $(STAMP)
 # pip byte-compiles every module it installs (about 40 s of the install on 2 cores). It must: where
 # PYTHONDONTWRITEBYTECODE is set (as on the machines here), nothing compiled later is kept, and every process would
 # parse torch, vLLM and Ray from source (a fresh-clone suite took 2.3x as long with --no-compile).
+# On CPU, pip (one core) installs vLLM, Ray and the rest while the other core builds the built-in
+# models the demo and the tests use, from torch and transformers installed first: the demo's `adder`
+# pre-trains for minutes where it is not cached. A run or a test that needs a model still being built
+# waits for it (esvllm.models.build_model's lock); if the build fails, the first user builds it again.
+PREBUILT_MODELS = tiny tiny-llama tiny-qwen3 tiny-qwen3-moe tiny-mixtral adder
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 ifeq ($(HAS_GPU),1)
 	$(PY) -m pip install -e ".[cuda,test]"
 else
+	$(PY) -m pip install "torch==2.13.0+cpu" $(shell grep -o '"transformers[^"]*"' pyproject.toml)
+	PYTHONPATH="$(CURDIR)" $(PY) -m esvllm.models $(PREBUILT_MODELS) > $(VENV)/models-build.log 2>&1 &
+	@echo "building $(PREBUILT_MODELS) beside the install: $(VENV)/models-build.log"
 	$(PY) -m pip install -e ".[cpu,test]" "torch==2.13.0+cpu"
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
 endif
