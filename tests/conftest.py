@@ -16,8 +16,9 @@ TIERS = {"unit": None, "ray": pytest.mark.ray, "engine": pytest.mark.engine}
 HERE = Path(__file__).parent
 
 
-# The demo's model takes minutes to pre-train where it is not cached (as on CI): the test that builds
-# it runs first, beside the others, and the other tests that need it run last, when it is there.
+# The demo's model takes minutes to pre-train where it is not cached (as on CI). `make install` builds
+# it beside pip (Makefile); the first test that needs it waits for that build, or builds it where none
+# ran: it runs first, beside the others, and the other tests that need it run last, when it is there.
 BUILDS_DEMO_MODEL = "ray/test_demo_model.py"
 
 
