@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -94,6 +95,8 @@ def test_a_build_writes_the_same_bits_whatever_kernels_the_environment_asks_torc
     assert not torch.equal(a["model.norm.weight"], load_weights(tmp_path / "untrained")["model.norm.weight"])  # it trained
     record = json.loads((tmp_path / "asks_avx2" / BUILD_RECORD).read_text())
     assert record["cpu_capability"] == "DEFAULT" and record["weights_sha256"] == weights_sha256(tmp_path / "asks_avx2")
+    if torch.backends.mkl.is_available():  # MKL_CBWR=COMPATIBLE,STRICT is mkl_service.h's 3 | 0x10000, read back
+        assert record["mkl_cbwr_mode"] == 0x10003
     if torch.backends.cpu.get_cpu_capability() != "DEFAULT":  # the CPU's own kernels would give other bits
         monkeypatch.delenv("ATEN_CPU_CAPABILITY")
         monkeypatch.delenv("MKL_CBWR")
@@ -126,3 +129,23 @@ def sum_of(prompt: str) -> int:
     return int(a) + int(b)
 
 
+def test_a_writer_whose_mkl_runs_another_mode_than_the_pinned_environment_asks_refuses_to_write(tmp_path):
+    """The environment only asks MKL for its reproducible mode; a library that sets MKL's mode itself
+    (here, before the writer starts: mkl_cbwr_set(MKL_CBWR_AUTO), mkl_service.h's 2) is caught."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from esvllm.model_build import PINNED_ENV
+
+    if not torch.backends.mkl.is_available():
+        pytest.skip("this torch has no MKL")
+    spec_json = json.dumps(dataclasses.asdict(dataclasses.replace(SHORT, pretrain=None)))
+    script = ("import ctypes, sys, pathlib, torch; lib = ctypes.CDLL(str(pathlib.Path(torch.__file__).parent / 'lib' / "
+              "'libtorch_cpu.so')); assert lib.mkl_serv_cbwr_set(2) == 0; from esvllm.model_build import main; "
+              "main(sys.argv[1:])")  # 0: MKL_CBWR_SUCCESS
+    done = subprocess.run([sys.executable, "-c", script, spec_json, str(tmp_path / "auto")], capture_output=True,
+                          text=True, env={**os.environ, **PINNED_ENV})
+    assert done.returncode != 0 and "MKL its reproducibility mode 2" in done.stderr, done.stderr[-2000:]
+    assert not (tmp_path / "auto").exists()
