@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import string
+import sys
 import tempfile
 from pathlib import Path
 
@@ -141,7 +142,12 @@ def build_model(name: str, root: Path | None = None, seed: int = 0) -> Path:
     # One builder at a time: a second process (two runs, two test workers) waits for the first's model
     # instead of pre-training the same one again beside it.
     with open(target.parent / f".{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # said, so that a wait of minutes does not look like a hang
+            print(f"waiting for another process that is building {name} into {target.parent} (on CPU, `make "
+                  "install` builds the built-in models beside pip: .venv/models-build.log)", file=sys.stderr, flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
         if (target / "model.safetensors").is_file():
             return target
         staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))

@@ -37,7 +37,10 @@ def test_a_cached_build_is_reused_and_a_half_written_one_is_never_used(tmp_path,
 
 
 def test_two_builders_at_once_pretrain_the_model_once_and_both_get_it(tmp_path, monkeypatch):
-    """Two test workers or two runs asking for an uncached model: one builds, the other waits."""
+    """Two test workers or two runs asking for an uncached model: one builds, the other says it waits
+    and waits."""
+    import io
+    import sys
     import threading
     import time
 
@@ -45,12 +48,17 @@ def test_two_builders_at_once_pretrain_the_model_once_and_both_get_it(tmp_path, 
     import esvllm.models as models
 
     monkeypatch.setitem(models.BUILTIN_MODELS, "short-adder", SHORT)
+    stderr = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    waiting = "waiting for another process that is building short-adder"
     builds = []
     write = in_this_process(monkeypatch)
 
     def slow_write(spec, directory):
         builds.append(directory)
-        time.sleep(0.5)  # long enough for the second builder to arrive while the first is writing
+        deadline = time.monotonic() + 30
+        while waiting not in stderr.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.01)  # the first builder writes once the second is waiting for it
         write(spec, directory)
 
     monkeypatch.setattr(model_build, "write_reproducibly", slow_write)
@@ -62,6 +70,7 @@ def test_two_builders_at_once_pretrain_the_model_once_and_both_get_it(tmp_path, 
         thread.join()
     assert len(builds) == 1 and len(paths) == 2 and paths[0] == paths[1]
     assert (paths[0] / "model.safetensors").is_file()
+    assert stderr.getvalue().count(waiting) == 1
 
 
 def load_weights(path):
