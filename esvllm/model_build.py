@@ -8,8 +8,9 @@ build did, built on a Zen 1 (AVX2) elsewhere, with a weaker habit. The writer th
 ATen at its baseline ISA (`default`), MKL in its cross-processor reproducible mode (conditional
 numerical reproducibility, `COMPATIBLE,STRICT`) and one thread, set before torch starts, which only a
 fresh process guarantees; it reads both modes back from torch and MKL before it writes anything. A
-pre-training step takes about 45% longer than with the CPU's own kernels (docs/demo.md). The `adder` written this way had the same weights sha256 on an AVX2 and an AVX-512
-CPU (docs/demo.md; `build.json` records it).
+pre-training step takes about 45% longer than with the CPU's own kernels (docs/demo.md). The `adder`
+written this way had the same weights sha256 on an AVX2 and an AVX-512 CPU (docs/demo.md;
+`build.json` records it).
 
     python -m esvllm.model_build SPEC_JSON DIR    # what build_model runs; prints nothing of its own
 """
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
 
     capability, mkl_mode = torch.backends.cpu.get_cpu_capability(), mkl_cbwr_mode()
     unpinned = {key: os.environ.get(key) for key, value in PINNED_ENV.items() if os.environ.get(key) != value}
-    if capability != "DEFAULT" or unpinned or mkl_mode not in (None, PINNED_MKL_MODE):  # the bits would be this CPU's own
+    if capability != "DEFAULT" or unpinned or mkl_mode not in (None, PINNED_MKL_MODE):  # this CPU's own bits
         raise SystemExit(f"esvllm.model_build: torch runs its {capability} kernels, MKL its reproducibility mode "
                          f"{mkl_mode} (pinned: {PINNED_MKL_MODE}), environment {unpinned}; run it through "
                          f"esvllm.models.build_model, which sets {PINNED_ENV}")

@@ -146,7 +146,8 @@ def build_model(name: str, root: Path | None = None, seed: int = 0) -> Path:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:  # said, so that a wait of minutes does not look like a hang
             print(f"waiting for another process that is building {name} into {target.parent} (on CPU, `make "
-                  "install` builds the built-in models beside pip: .venv/models-build.log)", file=sys.stderr, flush=True)
+                  "install` builds the built-in models beside pip: .venv/models-build.log)",
+                  file=sys.stderr, flush=True)
             fcntl.flock(lock, fcntl.LOCK_EX)
         if (target / "model.safetensors").is_file():
             return target
