@@ -32,8 +32,9 @@ class VLLMEngineActor(EngineActorBase):
         from vllm import LLM
 
         # vLLM's start-up runs several full collections; over the objects of the modules just imported
-        # they took 1.3 s of a CPU engine's 2.3 s on a 2-core Zen 5. Frozen, they are not traversed (nor
-        # ever freed: they live as long as the process anyway).
+        # they took 1.3 s of a CPU engine's 2.3 s on a 2-core Zen 5. Frozen, they are not traversed.
+        # vLLM freezes the whole heap itself once it has started (vllm.utils.gc_utils.freeze_gc_heap,
+        # in this process too with --in_process); this only does it before its collections, not after.
         gc.freeze()
         started = time.perf_counter()
         self.index = index
