@@ -98,6 +98,24 @@ def engine_pair(ray_session, tiny_model):
 
 
 @pytest.fixture(scope="session")
+def from_the_pair(engine_pair, tmp_path_factory):
+    """Two engines started from the session pair's current base weights at once (their start-ups
+    overlap): one rank with four LoRA slots of rank 2 (tests/engine/test_lowrank.py) and two ranks
+    (tests/engine/test_tensor_parallel.py). Their users check that they are still in step with the pair."""
+    import types
+    from concurrent.futures import ThreadPoolExecutor
+
+    base = engine_pair[0].export(str(tmp_path_factory.mktemp("pair") / "base"))
+    kinds = {"lowrank": {"lowrank_slots": 4, "lowrank_rank": 2}, "sharded": {"tensor_parallel_size": 2}}
+    with ThreadPoolExecutor(len(kinds)) as starting:
+        futures = {kind: starting.submit(start_pool, base, num_engines=1, **options) for kind, options in kinds.items()}
+        pools = {kind: future.result() for kind, future in futures.items()}
+    yield types.SimpleNamespace(**{kind: pool.engines[0] for kind, pool in pools.items()})
+    for pool in pools.values():
+        pool.shutdown()
+
+
+@pytest.fixture(scope="session")
 def first_run(ray_session, tmp_path_factory):
     """The reference run (tests.helpers.ARGS plus checkpoints, eval and best-model export)."""
     from .helpers import EXTRAS, run

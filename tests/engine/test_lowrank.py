@@ -9,7 +9,6 @@ import torch
 from kernels.lowrank import factors
 from esvllm.runlog import read_metrics
 
-from tests.conftest import start_pool
 from tests.helpers import final_weights, run, same_weights, without_eval
 
 PROMPTS = ["12+7=", "hello world", "abc", "Using the numbers [3, 5, 7]"]
@@ -19,14 +18,13 @@ SIGMA, RANK = 0.05, 2
 
 
 @pytest.fixture(scope="module")
-def lowrank_and_dense(engine_pair, tmp_path_factory):
-    """A low-rank engine started from the current base weights of the session's first engine (the dense one)."""
-    dense = engine_pair[0]
-    base = dense.export(str(tmp_path_factory.mktemp("lowrank") / "base"))
-    lowrank = start_pool(base, num_engines=1, lowrank_slots=4, lowrank_rank=RANK)
-    yield lowrank.engines[0], dense
+def lowrank_and_dense(engine_pair, from_the_pair):
+    """A low-rank engine (4 slots, rank RANK) started from the base weights of the session's first
+    engine (the dense one), and that engine."""
+    dense, lowrank = engine_pair[0], from_the_pair.lowrank
+    assert lowrank.master_checksum() == dense.master_checksum()  # the same base
+    yield lowrank, dense
     dense.restore()
-    lowrank.shutdown()
 
 
 def test_each_batched_member_equals_a_dense_engine_with_its_perturbed_weights(lowrank_and_dense):
