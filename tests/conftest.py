@@ -87,6 +87,24 @@ def start_pool(model, **overrides):
     return EnginePool.start(model, engine_options(**overrides))
 
 
+def start_local(model, **overrides):
+    """One engine in this process (`--in_process`), for what does not depend on the process it runs in."""
+    from engines.local import LocalPool
+
+    from tests.helpers import engine_options
+
+    return LocalPool.start(model, engine_options(in_process=True, **overrides))
+
+
+def start_pools_at_once(model, kinds: dict[str, dict]) -> dict:
+    """One one-engine pool per kind (its start_pool overrides), started at once: their start-ups overlap."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(kinds)) as starting:
+        futures = {kind: starting.submit(start_pool, model, num_engines=1, **options) for kind, options in kinds.items()}
+        return {kind: future.result() for kind, future in futures.items()}
+
+
 @pytest.fixture(scope="session")
 def engine_pair(ray_session, tiny_model):
     """Two fp32 tiny engines, one per core, shared by the session: a test that changes their weights
@@ -103,13 +121,10 @@ def from_the_pair(engine_pair, tmp_path_factory):
     overlap): one rank with four LoRA slots of rank 2 (tests/engine/test_lowrank.py) and two ranks
     (tests/engine/test_tensor_parallel.py). Their users check that they are still in step with the pair."""
     import types
-    from concurrent.futures import ThreadPoolExecutor
 
     base = engine_pair[0].export(str(tmp_path_factory.mktemp("pair") / "base"))
-    kinds = {"lowrank": {"lowrank_slots": 4, "lowrank_rank": 2}, "sharded": {"tensor_parallel_size": 2}}
-    with ThreadPoolExecutor(len(kinds)) as starting:
-        futures = {kind: starting.submit(start_pool, base, num_engines=1, **options) for kind, options in kinds.items()}
-        pools = {kind: future.result() for kind, future in futures.items()}
+    pools = start_pools_at_once(base, {"lowrank": {"lowrank_slots": 4, "lowrank_rank": 2},
+                                       "sharded": {"tensor_parallel_size": 2}})
     yield types.SimpleNamespace(**{kind: pool.engines[0] for kind, pool in pools.items()})
     for pool in pools.values():
         pool.shutdown()

@@ -5,7 +5,7 @@ import torch
 
 from kernels import noise
 
-from tests.conftest import start_pool
+from tests.conftest import start_local, start_pool
 
 
 PROMPTS = ["12+7=", "Using the numbers [3, 5, 7]"]
@@ -59,15 +59,10 @@ def test_export_loads_in_transformers_with_the_engines_logits(engine_pair, tmp_p
 
 
 def test_export_loads_in_vllm_with_identical_weights(engine_pair, tmp_path):
-    import dataclasses
-
-    from engines.local import LocalPool
-    from tests.helpers import engine_options
-
     engine = engine_pair[0]
     path = engine.export(str(tmp_path / "export"))
     # The vLLM engine a user loads final/ into: in this process (what is checked is what vLLM loads).
-    pool = LocalPool.start(path, dataclasses.replace(engine_options(), in_process=True))
+    pool = start_local(path)
     reloaded = pool.engines[0]
     try:
         assert reloaded.checksum() == engine.checksum()

@@ -17,7 +17,7 @@ from engines.variant import lora_rank_for
 from esvllm.memory import ModelShape
 from esvllm.models import resolve_model
 from kernels import noise
-from tests.conftest import start_pool
+from tests.conftest import start_local, start_pools_at_once
 
 PROMPTS = ["12+7=", "hello world", "Using the numbers [3, 5, 7]"]
 GREEDY = {"temperature": 0.0, "max_tokens": 10}
@@ -33,15 +33,11 @@ def family(request, ray_session):
     so it serves each low-rank member both as an adapter and with the member's weights materialised.
     The tests below keep both on the same base weights: each restores what it perturbs or updates
     both alike; the export test, which updates the one-rank engine alone, comes last."""
-    from concurrent.futures import ThreadPoolExecutor
-
     model = resolve_model(request.param)
     lowrank = "moe" not in request.param
     kinds = {"one": {"lowrank_slots": len(MEMBERS), "lowrank_rank": RANK} if lowrank else {},
              "sharded": {"tensor_parallel_size": 2}}
-    with ThreadPoolExecutor(len(kinds)) as starting:
-        pools = {kind: starting.submit(start_pool, model, num_engines=1, **options) for kind, options in kinds.items()}
-        pools = {kind: future.result() for kind, future in pools.items()}
+    pools = start_pools_at_once(model, kinds)
     yield types.SimpleNamespace(model=model, lowrank=lowrank, **{kind: pool.engines[0] for kind, pool in pools.items()})
     for pool in pools.values():
         pool.shutdown()
@@ -110,12 +106,7 @@ def test_two_ranks_hold_the_one_rank_weights_bit_for_bit(family):
 
 
 def test_the_export_generates_in_transformers_and_a_fresh_vllm_engine_what_the_engine_generates(family, tmp_path):
-    import dataclasses
-
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from engines.local import LocalPool
-    from tests.helpers import engine_options
 
     engine = family.one
     engine.apply_update([(5, 2e-2), (6, -1e-2)])
@@ -137,7 +128,7 @@ def test_the_export_generates_in_transformers_and_a_fresh_vllm_engine_what_the_e
         exported.update(load_file(str(file)))
     assert exported.keys() == master.keys()
     assert all(torch.equal(exported[n], master[n]) for n in master)
-    fresh = LocalPool.start(path, dataclasses.replace(engine_options(), in_process=True))  # vLLM loading final/
+    fresh = start_local(path)  # vLLM loading final/
     try:
         assert [c["text"] for c in fresh.engines[0].generate(PROMPTS, GREEDY)] == want
     finally:
@@ -147,48 +138,36 @@ def test_the_export_generates_in_transformers_and_a_fresh_vllm_engine_what_the_e
 def test_experts_kept_in_another_layout_than_the_mapped_one_are_refused_at_start(monkeypatch):
     """What a MoE kernel backend with its own weight layout would do (on CPU: reading the packed
     experts as if they were stored plainly): caught against the checkpoint before any update."""
-    import dataclasses
-
     import engines.moe_layout
-    from engines.local import LocalPool
-    from tests.helpers import engine_options
 
     monkeypatch.setattr(engines.moe_layout.ExpertPacking, "unpack",
                         lambda self, param: param.reshape(self.shape[0] * self.shape[1], self.shape[2]))
     with pytest.raises(ValueError, match=r"experts\.0\.(gate|up|down)_proj\.weight is not where engines.moe_layout expects it"):
-        LocalPool.start(resolve_model("tiny-qwen3-moe"), dataclasses.replace(engine_options(), in_process=True))
+        start_local(resolve_model("tiny-qwen3-moe"))
 
 
 def test_a_vllm_engine_stops_at_every_eos_of_a_llama_generation_config_as_the_hf_engine_does(tmp_path):
     """Llama 3 Instruct's conventions (no pad token, several EOS ids in generation_config.json): vLLM
     stops at the one the model generates first, and the HF backend generates the same completions.
     Both engines in this process: where vLLM stops does not depend on the process it runs in."""
-    import dataclasses
-
-    from engines.local import LocalPool
-    from tests.helpers import engine_options, llama3_conventions
+    from tests.helpers import llama3_conventions
 
     prompts = ["Using the numbers [3, 5, 7]", "12+7="]
     model, _ = llama3_conventions(tmp_path, prompts[0])
-    pool = LocalPool.start(model, dataclasses.replace(engine_options(), in_process=True))
+    pool = start_local(model)
     try:
         served = pool.engines[0].generate(prompts, GREEDY)
     finally:
         pool.shutdown()
     assert served[0]["text"] == "" and served[0]["tokens"] == 1
-    hf = LocalPool.start(model, dataclasses.replace(engine_options(), backend="hf", in_process=True)).engines[0]
+    hf = start_local(model, backend="hf").engines[0]
     assert [{k: c[k] for k in ("text", "tokens")} for c in served] == hf.generate(prompts, GREEDY)
 
 
 def test_every_mixtral_tensor_moves_by_sigma_eps_and_restores_exactly():
     """Mixtral's names for the same experts (block_sparse_moe.experts.<e>.w1/w3/w2), on one in-process
     engine (the expert map and its sharding are tiny-qwen3-moe's, tested above through Ray actors)."""
-    import dataclasses
-
-    from engines.local import LocalPool
-    from tests.helpers import engine_options
-
-    pool = LocalPool.start(resolve_model("tiny-mixtral"), dataclasses.replace(engine_options(), in_process=True))
+    pool = start_local(resolve_model("tiny-mixtral"))
     try:
         moves_by_sigma_eps_and_restores_exactly(pool.engines[0])
         assert any(".block_sparse_moe.experts.3.w3." in n for n in pool.engines[0].master_weights())

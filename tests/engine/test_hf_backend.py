@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tests.conftest import start_pool
+from tests.conftest import start_local, start_pool
 
 
 
@@ -26,14 +26,8 @@ def hf_and_vllm(engine_pair, tmp_path_factory):
 
 
 def test_an_engine_without_es_state_generates_as_transformers_does_from_the_checkpoint(hf_and_vllm):
-    import dataclasses
-
-    from engines.local import LocalPool
-    from tests.helpers import engine_options
-
     # What esvllm.eval starts, here in this process (what is checked is what vLLM generates).
-    plain = LocalPool.start(hf_and_vllm[0].checkpoint, dataclasses.replace(engine_options(), es_state=False,
-                                                                            in_process=True))
+    plain = start_local(hf_and_vllm[0].checkpoint, es_state=False)
     try:
         assert plain.engines[0].info["es_state"] is False and plain.engines[0].info["master_bytes"] == 0
         assert [c["text"] for c in plain.engines[0].generate(PROMPTS, GREEDY)] == hf_and_vllm[0].at_checkpoint
