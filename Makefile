@@ -29,15 +29,16 @@ install: $(STAMP)
 # pre-trains for minutes where it is not cached. A run or a test that needs a model still being built
 # waits for it (esvllm.models.build_model's lock); if the build fails, the first user builds it again.
 PREBUILT_MODELS = tiny tiny-llama tiny-qwen3 tiny-qwen3-moe tiny-mixtral adder
+CPU_TORCH = torch==2.13.0+cpu
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 ifeq ($(HAS_GPU),1)
 	$(PY) -m pip install -e ".[cuda,test]"
 else
-	$(PY) -m pip install "torch==2.13.0+cpu" $(shell grep -o '"transformers[^"]*"' pyproject.toml)
+	$(PY) -m pip install "$(CPU_TORCH)" $(shell grep -o '"transformers[^"]*"' pyproject.toml)
 	PYTHONPATH="$(CURDIR)" $(PY) -m esvllm.models $(PREBUILT_MODELS) > $(VENV)/models-build.log 2>&1 &
 	@echo "building $(PREBUILT_MODELS) beside the install: $(VENV)/models-build.log"
-	$(PY) -m pip install -e ".[cpu,test]" "torch==2.13.0+cpu"
+	$(PY) -m pip install -e ".[cpu,test]" "$(CPU_TORCH)"
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
 endif
 	touch $(STAMP)
